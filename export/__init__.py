@@ -1,0 +1,1 @@
+"""ONNX export and TensorRT engines (imported as lift_rt.export)."""

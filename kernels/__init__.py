@@ -1,0 +1,1 @@
+"""Triton kernels for LiFT (imported as lift_rt.kernels)."""

@@ -1,0 +1,122 @@
+"""Execution backends: one small interface, several implementations.
+
+A backend is built from a :class:`~lift_rt.pipeline.LiftPipeline` (the
+reference), a device and a precision, and is called on ``B x 3 x H x W``
+float32 images in [0, 1] already on that device. It returns the lifted
+features ``B x C x 2^k h x 2^k w`` in the precision's dtype.
+
+Backends that need optional software (onnxruntime, TensorRT, Triton) live
+beside that software (``lift_rt.export``, ``lift_rt.kernels``) and are
+imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import ClassVar
+
+import torch
+
+from lift_rt.pipeline import LiftPipeline
+from lift_rt.preprocess import precision_dtype
+
+
+class BackendUnavailable(RuntimeError):
+    """This backend cannot run here (missing package or device); the message says why."""
+
+
+class Backend:
+    """Base class: subclasses set ``name`` and implement ``run``."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, pipeline: LiftPipeline, *, device: torch.device, precision: str = "fp32") -> None:
+        self.pipeline = pipeline
+        self.device = torch.device(device)
+        self.precision = precision
+        self.dtype = precision_dtype(precision)
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        """None when this backend can run on ``device``, else a sentence saying why not."""
+        return None
+
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.run(images)
+
+
+class TorchBackend(Backend):
+    """Eager PyTorch: the reference pipeline itself, cast to the precision."""
+
+    name = "torch"
+
+    def __init__(self, pipeline: LiftPipeline, *, device: torch.device, precision: str = "fp32") -> None:
+        super().__init__(pipeline, device=device, precision=precision)
+        self.module = pipeline.to(self.device, self.dtype).eval()
+
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images.to(self.dtype))
+
+
+class CompileBackend(TorchBackend):
+    """``torch.compile`` of the reference pipeline (compiled on first call per shape)."""
+
+    name = "compile"
+
+    def __init__(self, pipeline: LiftPipeline, *, device: torch.device, precision: str = "fp32", mode: str | None = None) -> None:
+        super().__init__(pipeline, device=device, precision=precision)
+        self.compiled = torch.compile(self.module, mode=mode or ("max-autotune-no-cudagraphs" if self.device.type == "cuda" else None), dynamic=False)
+
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        return self.compiled(images.to(self.dtype))
+
+
+# name -> "module:Class"; optional backends are imported on demand.
+BACKENDS: dict[str, str] = {
+    "torch": "lift_rt.backends:TorchBackend",
+    "compile": "lift_rt.backends:CompileBackend",
+    "onnxruntime": "lift_rt.export.ort_backend:OnnxRuntimeBackend",
+    "tensorrt": "lift_rt.export.trt_backend:TensorRTBackend",
+    "triton": "lift_rt.kernels.backend:TritonBackend",
+}
+
+# Fastest first. On a GPU: the issue's order. On a CPU: measured (bench/results).
+AUTO_ORDER_GPU: tuple[str, ...] = ("tensorrt", "triton", "compile", "onnxruntime", "torch")
+AUTO_ORDER_CPU: tuple[str, ...] = ("onnxruntime", "torch")
+
+
+def backend_class(name: str) -> type[Backend]:
+    try:
+        target = BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or 'auto'") from None
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend {name!r} is not available: {exc}") from exc
+    return getattr(module, class_name)
+
+
+def unavailable_reason(name: str, device: torch.device) -> str | None:
+    try:
+        cls = backend_class(name)
+    except BackendUnavailable as exc:
+        return str(exc)
+    return cls.unavailable_reason(torch.device(device))
+
+
+def choose_backend(device: torch.device) -> tuple[str, list[str]]:
+    """The fastest backend present for ``device``, and why the faster ones were skipped."""
+    order = AUTO_ORDER_GPU if torch.device(device).type == "cuda" else AUTO_ORDER_CPU
+    skipped = []
+    for name in order:
+        reason = unavailable_reason(name, device)
+        if reason is None:
+            return name, skipped
+        skipped.append(f"{name}: {reason}")
+    raise BackendUnavailable("no backend can run here:\n" + "\n".join(skipped))

@@ -1,0 +1,99 @@
+"""LiFT checkpoints: safetensors with metadata, and the authors' released ``.pth``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from lift_rt.backbones import FACETS, get_spec
+from lift_rt.model import LiFT
+
+FORMAT_VERSION = "1"
+
+
+def save_lift(
+    lift: LiFT, path: str | os.PathLike, *, backbone: str, facet: str, extra: dict[str, str] | None = None
+) -> Path:
+    """Write ``lift`` as safetensors with metadata (backbone, facet, width, patch, version)."""
+    from safetensors.torch import save_file
+
+    spec = get_spec(backbone)
+    if lift.dim != spec.dim:
+        raise ValueError(f"LiFT width {lift.dim} does not match backbone {backbone} (width {spec.dim})")
+    metadata = {
+        "format": "lift_rt",
+        "version": FORMAT_VERSION,
+        "backbone": spec.name,
+        "facet": facet,
+        "dim": str(lift.dim),
+        "patch_size": str(lift.patch_size),
+        "use_image": str(int(lift.use_image)),
+        **(extra or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in lift.state_dict().items()}
+    save_file(state, str(path), metadata=metadata)
+    return path
+
+
+def read_lift_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict and metadata of a LiFT file (safetensors or the authors' ``.pth``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LiFT checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:
+            raise ValueError(f"cannot read LiFT checkpoint {path}: {exc}") from exc
+        return state, metadata
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read LiFT checkpoint {path}: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a LiFT state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return state, {}
+
+
+def load_lift(
+    path: str | os.PathLike, *, backbone: str, facet: str | None = None, map_location: str | torch.device = "cpu"
+) -> LiFT:
+    """Load a LiFT for ``backbone``; a checkpoint for another backbone, width or facet is an error."""
+    spec = get_spec(backbone)
+    facet = facet or spec.facet
+    state, meta = read_lift_state(path)
+    if meta.get("format") == "lift_rt":
+        if meta.get("backbone") != spec.name:
+            raise ValueError(f"{path} was trained for backbone {meta.get('backbone')}, not {spec.name}")
+        if meta.get("facet") != facet:
+            raise ValueError(f"{path} was trained on the {meta.get('facet')} facet, not {facet}")
+        if facet not in FACETS:
+            raise ValueError(f"{path} names an unknown facet {facet!r}")
+    use_image = "image_convs_1.0.weight" in state
+    if "outc.weight" not in state:
+        raise ValueError(f"{path} is not a LiFT checkpoint (no 'outc.weight'; keys: {sorted(state)[:4]}...)")
+    width = state["outc.weight"].shape[0]
+    if width != spec.dim:
+        raise ValueError(f"{path} is a LiFT of width {width}; backbone {spec.name} has width {spec.dim}")
+    lift = LiFT(dim=spec.dim, patch_size=spec.patch_size, use_image=use_image)
+    own = lift.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit LiFT({spec.name}): missing {missing[:4]}, unexpected {unexpected[:4]}")
+    for key, value in state.items():
+        if value.shape != own[key].shape:
+            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}")
+    lift.load_state_dict(state)
+    return lift.to(map_location).eval()

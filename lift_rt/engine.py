@@ -1,0 +1,112 @@
+"""``lift_rt.Engine``: images in, lifted dense features out, on the fastest backend present."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from lift_rt.backbones import build_backbone, check_resolution, get_spec
+from lift_rt.backends import Backend, BackendUnavailable, backend_class, choose_backend
+from lift_rt.checkpoint import load_lift
+from lift_rt.model import LiFT
+from lift_rt.pipeline import LiftPipeline
+from lift_rt.preprocess import precision_dtype, to_image_tensor
+
+
+def build_pipeline(
+    backbone: str,
+    lift: str | os.PathLike | nn.Module | None = None,
+    *,
+    iterations: int = 1,
+    facet: str | None = None,
+    layer: int | None = None,
+    backbone_weights: str | os.PathLike | None = None,
+    random_init: bool = False,
+) -> LiftPipeline:
+    """The reference pipeline with weights resolved; random weights only when ``random_init``."""
+    spec = get_spec(backbone)
+    vit = build_backbone(spec, weights=backbone_weights, random_init=random_init and backbone_weights is None, facet=facet, layer=layer)
+    if isinstance(lift, nn.Module):
+        module = lift
+    elif lift is not None:
+        module = load_lift(lift, backbone=spec.name, facet=vit.facet)
+    elif random_init:
+        module = LiFT(dim=spec.dim, patch_size=spec.patch_size)
+    else:
+        raise ValueError(
+            f"no LiFT weights given for {spec.name}: pass lift=PATH (the authors' "
+            f"{spec.lift_file or 'checkpoint'} or a lift_rt .safetensors), or random_init=True for random weights"
+        )
+    if module.dim != spec.dim:
+        raise ValueError(f"LiFT of width {module.dim} does not fit {spec.name} (width {spec.dim})")
+    return LiftPipeline(vit, module.eval(), iterations=iterations).eval()
+
+
+class Engine:
+    """Dense LiFT features for a batch of images.
+
+    ``Engine("dino_s8", random_init=True)(torch.rand(2, 3, 224, 224))`` returns
+    ``2 x 384 x 56 x 56`` (``iterations=2``: ``2 x 384 x 112 x 112``).
+
+    Args:
+        backbone: registry name (see ``lift_rt.BACKBONES``).
+        lift: LiFT checkpoint path (safetensors or the authors' .pth) or module.
+        backend: "torch", "compile", "onnxruntime", "tensorrt", "triton" or "auto".
+        precision: "fp32", "fp16" or "bf16".
+        device: torch device; default CUDA when present, else CPU.
+        iterations: k LiFT applications, 2^k upsampling.
+        random_init: random backbone and LiFT weights where none are given.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "dino_s8",
+        lift: str | os.PathLike | nn.Module | None = None,
+        *,
+        backend: str = "torch",
+        precision: str = "fp32",
+        device: str | torch.device | None = None,
+        iterations: int = 1,
+        facet: str | None = None,
+        layer: int | None = None,
+        backbone_weights: str | os.PathLike | None = None,
+        random_init: bool = False,
+        **backend_options: Any,
+    ) -> None:
+        precision_dtype(precision)
+        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' was asked for but no CUDA device is visible to PyTorch")
+        self.pipeline = build_pipeline(
+            backbone, lift, iterations=iterations, facet=facet, layer=layer,
+            backbone_weights=backbone_weights, random_init=random_init,
+        )
+        self.spec = self.pipeline.spec
+        self.precision = precision
+        self.skipped: list[str] = []
+        if backend == "auto":
+            backend, self.skipped = choose_backend(self.device)
+        cls = backend_class(backend)
+        reason = cls.unavailable_reason(self.device)
+        if reason is not None:
+            raise BackendUnavailable(f"backend {backend!r} cannot run on {self.device}: {reason}")
+        self.backend: Backend = cls(self.pipeline, device=self.device, precision=precision, **backend_options)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def __repr__(self) -> str:
+        return (
+            f"Engine(backbone={self.spec.name}, facet={self.pipeline.backbone.facet}, backend={self.backend_name}, "
+            f"precision={self.precision}, device={self.device}, iterations={self.pipeline.iterations})"
+        )
+
+    def __call__(self, images: Any) -> torch.Tensor:
+        """Images (see :func:`lift_rt.preprocess.to_image_tensor`) -> ``B x C x 2^k h x 2^k w``."""
+        tensor = to_image_tensor(images)
+        check_resolution(self.spec, tensor.shape[-2], tensor.shape[-1])
+        return self.backend(tensor.to(self.device))

@@ -1,0 +1,1 @@
+"""Evaluation: feature fidelity against the backbone at 2x, and keypoint PCK."""

@@ -1,0 +1,32 @@
+"""``python -m lift_rt.eval <command>``: each command lives in its own module.
+
+A command module exposes ``add_parser(subparsers)`` that registers its
+sub-parser and sets ``func`` (called with the parsed args) as a default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = ("lift_rt.eval.fidelity", "lift_rt.eval.pck")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lift_rt.eval", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.add_parser(subparsers)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
