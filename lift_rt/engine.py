@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -28,11 +29,10 @@ def build_pipeline(
 ) -> LiftPipeline:
     """The reference pipeline with weights resolved; random weights only when ``random_init``."""
     spec = get_spec(backbone)
-    vit = build_backbone(spec, weights=backbone_weights, random_init=random_init and backbone_weights is None, facet=facet, layer=layer)
     if isinstance(lift, nn.Module):
-        module = lift
+        module = copy.deepcopy(lift)  # backends cast and move it; the caller's module stays as it was
     elif lift is not None:
-        module = load_lift(lift, backbone=spec.name, facet=vit.facet)
+        module = load_lift(lift, backbone=spec.name, facet=facet)
     elif random_init:
         module = LiFT(dim=spec.dim, patch_size=spec.patch_size)
     else:
@@ -40,6 +40,7 @@ def build_pipeline(
             f"no LiFT weights given for {spec.name}: pass lift=PATH (the authors' "
             f"{spec.lift_file or 'checkpoint'} or a lift_rt .safetensors), or random_init=True for random weights"
         )
+    vit = build_backbone(spec, weights=backbone_weights, random_init=random_init and backbone_weights is None, facet=facet, layer=layer)
     if module.dim != spec.dim:
         raise ValueError(f"LiFT of width {module.dim} does not fit {spec.name} (width {spec.dim})")
     return LiftPipeline(vit, module.eval(), iterations=iterations).eval()

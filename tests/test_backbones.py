@@ -1,0 +1,148 @@
+"""Backbone registry, facets (the authors' channel order), resolutions, weight sources."""
+
+import pytest
+import torch
+
+from lift_rt.backbones import BACKBONES, WeightsNotFoundError, build_backbone, create_vit, get_spec
+
+
+@pytest.fixture(scope="module")
+def dino_s16():
+    torch.manual_seed(0)
+    return build_backbone("dino_s16", random_init=True)
+
+
+def test_registry_entries():
+    expected = {"dino_s16": (16, 384), "dino_s8": (8, 384), "dino_b16": (16, 768), "dino_b8": (8, 768),
+                "moco_s16": (16, 384), "vit_s16": (16, 384), "leopart_s16": (16, 384), "dinov2_s14": (14, 384)}
+    for name, (patch, dim) in expected.items():
+        spec = BACKBONES[name]
+        assert (spec.patch_size, spec.dim) == (patch, dim)
+        assert spec.facet == "key" and spec.layer == 11
+    assert BACKBONES["vit_s16"].mean == (0.5, 0.5, 0.5)
+    assert BACKBONES["moco_s16"].heads == 12
+    with pytest.raises(ValueError, match="unknown backbone"):
+        get_spec("dino_s32")
+
+
+def test_timm_architecture_matches_registry():
+    for name in ("dino_s8", "moco_s16"):
+        spec = BACKBONES[name]
+        vit = create_vit(spec)
+        assert vit.embed_dim == spec.dim and vit.patch_embed.patch_size == (spec.patch_size,) * 2
+        assert vit.blocks[0].attn.num_heads == spec.heads
+
+
+def independent_key(backbone, image):
+    """Keys of the last block from its qkv weights, merged with channel index d * heads + head."""
+    captured = {}
+    last = backbone.blocks[-1]
+    handle = last.register_forward_pre_hook(lambda m, args: captured.setdefault("x", args[0]))
+    try:
+        backbone.facet = "token"
+        backbone(image)
+    finally:
+        backbone.facet = "key"
+        handle.remove()
+    x = last.norm1(captured["x"])[:, 1:]
+    dim, heads = backbone.spec.dim, backbone.spec.heads
+    head_dim = dim // heads
+    w_k = last.attn.qkv.weight[dim : 2 * dim]
+    b_k = last.attn.qkv.bias[dim : 2 * dim]
+    k = x @ w_k.T + b_k  # timm layout: channel head * head_dim + d
+    out = torch.empty_like(k)
+    for head in range(heads):
+        for d in range(head_dim):
+            out[..., d * heads + head] = k[..., head * head_dim + d]
+    return out
+
+
+def test_key_facet_channel_order(dino_s16):
+    image = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        key = dino_s16(image)
+        expected = independent_key(dino_s16, image)
+    assert key.shape == (2, 384, 4, 3)
+    torch.testing.assert_close(key.flatten(2).transpose(1, 2), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("facet", ["query", "value", "token"])
+def test_other_facets(facet):
+    torch.manual_seed(0)
+    backbone = build_backbone("dino_s16", random_init=True, facet=facet, layer=1)
+    out = backbone(torch.randn(1, 3, 32, 32))
+    assert out.shape == (1, 384, 2, 2) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="unknown facet"):
+        build_backbone("dino_s16", random_init=True, facet="keys")
+
+
+@pytest.mark.parametrize("name, size", [("dino_s8", 56), ("dino_s8", 112), ("dino_s16", 224), ("dino_s16", 448), ("dinov2_s14", 224)])
+def test_resolutions_interpolate_positions(name, size):
+    backbone = build_backbone(name, random_init=True, layer=0)
+    patch = backbone.spec.patch_size
+    with torch.no_grad():
+        out = backbone(torch.randn(1, 3, size, size))
+    assert out.shape == (1, 384, size // patch, size // patch)
+
+
+def test_native_resolution_uses_stored_positions(dino_s16):
+    assert dino_s16.interpolate_pos_embed(14, 14) is dino_s16.pos_embed
+    assert dino_s16.interpolate_pos_embed(7, 9).shape == (1, 1 + 63, 384)
+
+
+@pytest.mark.parametrize("size", [(56, 56), (224, 100), (230, 224)])
+def test_resolution_not_multiple_of_patch(dino_s16, size):
+    with pytest.raises(ValueError, match="multiple of 16"):
+        dino_s16(torch.randn(1, 3, *size))
+
+
+def test_no_weights_means_error_not_random():
+    with pytest.raises(WeightsNotFoundError, match="dino_vits8.dino|random_init=True"):
+        build_backbone("dino_s8")
+    with pytest.raises(WeightsNotFoundError, match="leopart_vits16.ckpt"):
+        build_backbone("leopart_s16")
+
+
+def test_official_checkpoint_round_trip(tmp_path, dino_s16):
+    """A DINO-format file (plain state dict of the ViT, with its own head) loads and reproduces features."""
+    source = create_vit(BACKBONES["dino_s16"])
+    state = dict(source.state_dict())
+    state["head.weight"] = torch.randn(10, 384)
+    path = tmp_path / "dino_deitsmall16_pretrain.pth"
+    torch.save(state, path)
+    loaded = build_backbone("dino_s16", weights=path)
+    reference = build_backbone("dino_s16", random_init=True)
+    reference.load_state_dict(loaded.state_dict())
+    image = torch.randn(1, 3, 48, 48)
+    torch.testing.assert_close(loaded(image), reference(image))
+    for key, value in source.state_dict().items():
+        if key.startswith("blocks.11."):
+            torch.testing.assert_close(loaded.blocks[11].state_dict()[key.removeprefix("blocks.11.")], value)
+
+
+def test_moco_checkpoint_prefix(tmp_path):
+    source = create_vit(BACKBONES["moco_s16"])
+    state = {"state_dict": {f"module.base_encoder.{k}": v for k, v in source.state_dict().items()}}
+    state["state_dict"]["module.momentum_encoder.cls_token"] = torch.zeros(1, 1, 384)
+    path = tmp_path / "vit-s-300ep.pth.tar"
+    torch.save(state, path)
+    loaded = build_backbone("moco_s16", weights=path, layer=0)
+    torch.testing.assert_close(loaded.cls_token, source.cls_token)
+
+
+def test_checkpoint_for_another_backbone(tmp_path):
+    path = tmp_path / "dino_vitbase16_pretrain.pth"
+    torch.save(create_vit(BACKBONES["dino_b16"]).state_dict(), path)
+    with pytest.raises(ValueError, match="another backbone"):
+        build_backbone("dino_s16", weights=path)
+
+
+def test_corrupt_or_missing_backbone_file(tmp_path):
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read"):
+        build_backbone("dino_s16", weights=bad)
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        build_backbone("dino_s16", weights=tmp_path / "absent.pth")
+    with pytest.raises(ValueError, match="not both"):
+        build_backbone("dino_s16", weights=bad, random_init=True)

@@ -1,0 +1,97 @@
+"""Engine: the issue's headline calls, weights policy, backend choice and input errors."""
+
+import pytest
+import torch
+
+from lift_rt import Engine, LiFT, save_lift
+from lift_rt.backbones import WeightsNotFoundError
+from lift_rt.backends import BackendUnavailable
+
+
+@pytest.fixture(scope="module")
+def engine():
+    torch.manual_seed(0)
+    return Engine("dino_s8", random_init=True)
+
+
+def test_headline_shapes(engine):
+    assert engine.backend_name == "torch"
+    assert "backend=torch" in repr(engine)
+    out = engine(torch.rand(2, 3, 224, 224))
+    assert out.shape == (2, 384, 56, 56) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    twice = Engine("dino_s8", random_init=True, iterations=2, layer=0)
+    assert twice(torch.rand(2, 3, 224, 224)).shape == (2, 384, 112, 112)
+
+
+def test_engine_equals_reference_modules(engine):
+    images = torch.rand(1, 3, 64, 64)
+    pipeline = engine.pipeline
+    image = (images - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = pipeline.lift(image, pipeline.backbone(image))
+    torch.testing.assert_close(engine(images), expected)
+    uint8 = (images * 255).round().to(torch.uint8)
+    torch.testing.assert_close(engine(uint8), engine(uint8.float() / 255))
+
+
+@pytest.mark.parametrize("size", [56, 112, 224, 448])
+def test_patch8_resolutions(size):
+    out = Engine("dino_s8", random_init=True, layer=0)(torch.rand(1, 3, size, size))
+    assert out.shape == (1, 384, size // 4, size // 4)
+
+
+@pytest.mark.parametrize("size", [112, 224, 448])
+def test_patch16_resolutions(size):
+    out = Engine("dino_s16", random_init=True, layer=0)(torch.rand(1, 3, size, size))
+    assert out.shape == (1, 384, size // 8, size // 8)
+
+
+def test_bad_resolution_message():
+    engine = Engine("dino_s16", random_init=True, layer=0)
+    with pytest.raises(ValueError, match="must be a multiple of 16"):
+        engine(torch.rand(1, 3, 56, 56))
+
+
+def test_bf16_precision_close_to_fp32():
+    torch.manual_seed(0)
+    fp32 = Engine("dino_s16", random_init=True, layer=1)
+    bf16 = Engine("dino_s16", lift=fp32.pipeline.lift, precision="bf16", layer=1, random_init=True)
+    bf16.pipeline.backbone.load_state_dict(fp32.pipeline.backbone.state_dict())
+    images = torch.rand(1, 3, 64, 64)
+    ref = fp32(images)
+    out = bf16(images)
+    assert out.dtype == torch.bfloat16
+    cos = torch.nn.functional.cosine_similarity(out.float(), ref, dim=1)
+    assert cos.min() > 0.98
+
+
+def test_never_random_without_asking(tmp_path):
+    with pytest.raises(ValueError, match="random_init=True"):
+        Engine("dino_s16", backbone_weights=tmp_path / "absent.pth")
+    lift_path = save_lift(LiFT(384, 16), tmp_path / "lift.safetensors", backbone="dino_s16", facet="key")
+    with pytest.raises(WeightsNotFoundError, match="random_init=True"):
+        Engine("dino_s16", lift=lift_path)  # LiFT given, backbone weights not: no silent random backbone
+
+
+def test_lift_checkpoint_is_used(tmp_path):
+    lift = LiFT(384, 16).eval()
+    path = save_lift(lift, tmp_path / "lift.safetensors", backbone="dino_s16", facet="key")
+    engine = Engine("dino_s16", lift=path, random_init=True, layer=0)
+    for key, value in lift.state_dict().items():
+        torch.testing.assert_close(engine.pipeline.lift.state_dict()[key], value)
+
+
+def test_backend_errors():
+    with pytest.raises(ValueError, match="unknown backend"):
+        Engine("dino_s16", random_init=True, backend="tvm")
+    with pytest.raises(ValueError, match="unknown precision"):
+        Engine("dino_s16", random_init=True, precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            Engine("dino_s16", random_init=True, device="cuda")
+
+
+def test_auto_backend_says_which():
+    engine = Engine("dino_s16", random_init=True, backend="auto", layer=0)
+    assert engine.backend_name in {"torch", "onnxruntime", "compile", "triton", "tensorrt"}
+    assert engine.backend_name in repr(engine)
