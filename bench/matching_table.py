@@ -1,0 +1,127 @@
+"""CPU matcher vs torch mm + max vs bare torch.mm: time and peak extra memory, as a markdown table.
+
+    python bench/matching_table.py            # N = M in {784, 3136}, D in {384, 768}
+    python bench/matching_table.py --full     # adds N = M = 12544
+Writes bench/results/matching-<date>.json (device, commit, date, numbers) and prints the table.
+Also the shared definitions of bench/test_bench_matching.py.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lift_rt import matching
+
+SIZES = [784, 3136]
+FULL_SIZES = SIZES + [12544]
+DIMS = [384, 768]
+
+
+def sizes() -> list[int]:
+    return FULL_SIZES if os.environ.get("LIFT_BENCH_FULL") == "1" else SIZES
+
+
+def inputs(n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+
+
+def run_lift(a, b):
+    return matching.nearest(a, b)
+
+
+def run_mm_max(a, b):  # cosine similarity the plain way: normalise, full matrix, max
+    a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
+    return (a @ b.T).max(dim=1)
+
+
+def run_mm(a, b):  # the GEMM alone: the lower bound the matcher is measured against
+    return a @ b.T
+
+
+IMPLS = {"lift": run_lift, "mm_max": run_mm_max, "mm": run_mm}
+
+_PEAK_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {bench!r})
+import matching_table as mt
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+a, b = mt.inputs({n}, {d})
+for name, fn in mt.IMPLS.items():
+    fn(a[:64], b[:64])  # load kernels, spin up threads
+    open('/proc/self/clear_refs', 'w').write('5')  # reset the peak RSS to the current RSS
+    base = status('VmRSS:')
+    out = fn(a, b)
+    print(name, status('VmHWM:') - base)
+    del out
+"""
+
+
+def peak_extra_mb(n: int, d: int) -> dict[str, float]:
+    """Peak resident memory above the inputs while each implementation runs once (fresh process)."""
+    script = _PEAK_SCRIPT.format(bench=str(Path(__file__).parent), n=n, d=d)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    return {name: int(v) / 2**20 for name, v in (line.split() for line in out.strip().splitlines())}
+
+
+def best_time(fn, a, b, rounds: int = 3) -> float:
+    fn(a, b)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn(a, b)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def device_name() -> str:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads, {matching.cpu_isa()})"
+    return "unknown CPU"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| N = M | D | lift (ms) | mm + max (ms) | mm (ms) | speed-up vs mm + max | lift / mm | "
+             "extra MB lift | extra MB mm + max |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t, m = r["time_ms"], r["peak_extra_mb"]
+        lines.append(f"| {r['n']} | {r['d']} | {t['lift']:.1f} | {t['mm_max']:.1f} | {t['mm']:.1f} | "
+                     f"{t['mm_max'] / t['lift']:.2f}x | {t['lift'] / t['mm']:.2f} | {m['lift']:.1f} | {m['mm_max']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="include N = M = 12544")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    rows = []
+    for n in FULL_SIZES if args.full else SIZES:
+        for d in DIMS:
+            a, b = inputs(n, d)
+            rows.append({"n": n, "d": d, "time_ms": {k: 1e3 * best_time(f, a, b, args.rounds) for k, f in IMPLS.items()},
+                         "peak_extra_mb": peak_extra_mb(n, d)})
+            print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    date = datetime.datetime.now().strftime("%Y-%m-%d")
+    result = {"device": device_name(), "commit": commit, "date": date, "torch": torch.__version__, "rows": rows}
+    out = Path(__file__).parent / "results" / f"matching-{date}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\n{result['device']}, commit {commit[:10]}, {date}\n\n{markdown(rows)}\n\nsaved {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""Batched cosine-similarity matching that never materialises the N x M similarity matrix.
+
+Thin Python over the ``lift_rt._C`` kernels (CPU: tiled AVX-512/AVX2/scalar micro-kernels with a
+running top-k; CUDA: tiled, tensor cores for fp16/bf16, fused running top-k). Two torch ops are
+registered, ``lift_rt::match_topk`` and ``lift_rt::soft_argmax`` (both work under torch.compile);
+everything else composes them. Pure-PyTorch references of each function live in
+:mod:`lift_rt.matching_reference`.
+
+Conventions shared by every function here:
+
+* Inputs are ``src`` B x N x D and ``tgt`` B x M x D (or unbatched N x D / M x D), float32,
+  float16 or bfloat16 (both the same dtype), on the same CPU or CUDA device (CUDA work runs on the
+  current stream). Any strides are accepted; nothing is copied.
+* Accumulation is in fp32; similarities are returned as float32. With ``normalize=True`` (the
+  default) rows are scaled to unit L2 norm first (``x / max(||x||, eps)``), i.e. cosine similarity.
+* Ties go to the lowest target index. NaN similarities never win; a row with no valid candidate
+  (all targets masked, or NaN in the source row) gets index -1 and similarity -inf.
+* Bad inputs (wrong rank, mismatched D or batch, empty target set, mixed devices or dtypes,
+  unsupported dtype or device) raise ``ValueError`` / ``TypeError``. An empty source set is fine
+  and returns empty outputs.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lift_rt import _C
+
+MAX_K: int = _C.MAX_K
+EPS = 1e-12  # as torch.nn.functional.normalize
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_ISA_NAMES = {"scalar": 0, "avx2": 1, "avx512": 2}
+
+
+def cpu_isa() -> str:
+    """Name of the CPU micro-kernel the matcher uses ('avx512', 'avx2' or 'scalar').
+
+    The environment variable ``LIFT_MATCH_ISA`` may force a lower one (for testing).
+    """
+    forced = os.environ.get("LIFT_MATCH_ISA")
+    if forced:
+        if forced not in _ISA_NAMES:
+            raise ValueError(f"LIFT_MATCH_ISA must be one of {sorted(_ISA_NAMES)}, got {forced!r}")
+        return forced
+    return {v: k for k, v in _ISA_NAMES.items()}[_C.cpu_isa()]
+
+
+def _operand(x: Tensor) -> tuple:
+    return (x.data_ptr(), _DTYPE_CODES[x.dtype], *x.stride())
+
+
+def _mask_arg(mask: Optional[Tensor]) -> tuple:
+    return (0, 0, 0) if mask is None else (mask.data_ptr(), *mask.stride())
+
+
+def _cuda_stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _cuda_splits(b: int, n: int, m: int, device: torch.device) -> int:
+    """Column splits so that the CUDA grid fills the GPU (4 blocks per SM; 64 x 64 tiles)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    row_blocks = max(1, b * -(-n // 64))
+    return max(1, min(-(-m // 64), -(-4 * sms // row_blocks)))
+
+
+@torch.library.custom_op("lift_rt::match_topk", mutates_args=())
+def _match_topk(src: Tensor, tgt: Tensor, mask: Optional[Tensor], k: int, normalize: bool, eps: float
+                ) -> tuple[Tensor, Tensor]:
+    b, n, d = src.shape
+    m = tgt.shape[1]
+    index = torch.empty(b, n, k, dtype=torch.int64, device=src.device)
+    sim = torch.empty(b, n, k, dtype=torch.float32, device=src.device)
+    args = (_operand(src), _operand(tgt), _mask_arg(mask), b, n, m, d, k, normalize, eps,
+            index.data_ptr(), sim.data_ptr())
+    if src.device.type == "cpu":
+        _C.topk_cpu(*args, torch.get_num_threads(), _ISA_NAMES[cpu_isa()])
+    elif b * n > 0:
+        splits = _cuda_splits(b, n, m, src.device)
+        inv_norm = torch.empty(b * (n + m) if normalize else 1, dtype=torch.float32, device=src.device)
+        part_val = torch.empty(b * n * splits * k, dtype=torch.float32, device=src.device)
+        part_idx = torch.empty(b * n * splits * k, dtype=torch.int64, device=src.device)
+        _C.topk_cuda(*args, splits, inv_norm.data_ptr(), part_val.data_ptr(), part_idx.data_ptr(),
+                     _cuda_stream(src.device))
+    return index, sim
+
+
+@_match_topk.register_fake
+def _(src, tgt, mask, k, normalize, eps):
+    b, n, _ = src.shape
+    return (src.new_empty((b, n, k), dtype=torch.int64), src.new_empty((b, n, k), dtype=torch.float32))
+
+
+@torch.library.custom_op("lift_rt::soft_argmax", mutates_args=())
+def _soft_argmax(src: Tensor, tgt: Tensor, mask: Optional[Tensor], index: Tensor, h: int, w: int, radius: int,
+                 temperature: float, normalize: bool, eps: float) -> Tensor:
+    b, n, d = src.shape
+    index = index.contiguous()
+    out = torch.empty(b, n, 2, dtype=torch.float32, device=src.device)
+    args = (_operand(src), _operand(tgt), _mask_arg(mask), index.data_ptr(), b, n, h, w, d, radius, temperature,
+            normalize, eps, out.data_ptr())
+    if src.device.type == "cpu":
+        _C.soft_argmax_cpu(*args, torch.get_num_threads())
+    elif b * n > 0:
+        _C.soft_argmax_cuda(*args, _cuda_stream(src.device))
+    return out
+
+
+@_soft_argmax.register_fake
+def _(src, tgt, mask, index, h, w, radius, temperature, normalize, eps):
+    b, n, _ = src.shape
+    return src.new_empty((b, n, 2), dtype=torch.float32)
+
+
+def _check_pair(src: Tensor, tgt: Tensor, mask: Optional[Tensor], what: str = "tgt") -> tuple[Tensor, Tensor,
+                                                                                             Optional[Tensor], bool]:
+    """Validates a src/tgt(/mask) triple; returns batched views and whether the input was unbatched."""
+    if not isinstance(src, Tensor) or not isinstance(tgt, Tensor):
+        raise TypeError("src and tgt must be torch.Tensors")
+    if src.dim() not in (2, 3) or tgt.dim() != src.dim():
+        raise ValueError(f"expected src B x N x D and tgt B x M x D (or N x D and M x D), "
+                         f"got shapes {tuple(src.shape)} and {tuple(tgt.shape)}")
+    unbatched = src.dim() == 2
+    if unbatched:
+        src, tgt = src.unsqueeze(0), tgt.unsqueeze(0)
+        mask = None if mask is None else mask.unsqueeze(0)
+    for name, x in (("src", src), ("tgt", tgt)):
+        if x.dtype not in _DTYPE_CODES:
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
+    if src.dtype != tgt.dtype:
+        raise TypeError(f"src and tgt must share a dtype, got {src.dtype} and {tgt.dtype}")
+    if src.device != tgt.device:
+        raise ValueError(f"src and tgt are on different devices: {src.device} and {tgt.device}")
+    if src.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"matching runs on CPU or CUDA tensors, got device {src.device}")
+    if src.device.type == "cuda" and not _C.has_cuda():
+        raise RuntimeError("lift_rt._C was built without CUDA; rebuild with a CUDA toolkit to match on the GPU")
+    if src.shape[0] != tgt.shape[0]:
+        raise ValueError(f"batch sizes differ: src {src.shape[0]}, tgt {tgt.shape[0]}")
+    if src.shape[2] != tgt.shape[2]:
+        raise ValueError(f"descriptor sizes differ: src D={src.shape[2]}, tgt D={tgt.shape[2]}")
+    if src.shape[2] == 0:
+        raise ValueError("descriptor size D must be at least 1")
+    if tgt.shape[1] == 0:
+        raise ValueError(f"{what} is empty (M = 0): nothing to match against")
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"{what}_mask must be a bool tensor")
+        if tuple(mask.shape) != tuple(tgt.shape[:2]):
+            raise ValueError(f"{what}_mask must have shape {tuple(tgt.shape[:2])}, got {tuple(mask.shape)}")
+        if mask.device != tgt.device:
+            raise ValueError(f"mask is on {mask.device}, features on {tgt.device}")
+    return src, tgt, mask, unbatched
+
+
+def topk(src: Tensor, tgt: Tensor, k: int, *, normalize: bool = True, mask: Optional[Tensor] = None,
+         eps: float = EPS) -> tuple[Tensor, Tensor]:
+    """The k best targets of each source row (k <= 16 and k <= M).
+
+    src B x N x D, tgt B x M x D, mask B x M bool (True = valid target) -> index B x N x k (int64)
+    and similarity B x N x k (float32), sorted by descending similarity, ties by ascending index.
+    Missing candidates (fewer than k valid) are index -1, similarity -inf.
+    """
+    src, tgt, mask, unbatched = _check_pair(src, tgt, mask)
+    if not 1 <= k <= min(MAX_K, tgt.shape[1]):
+        raise ValueError(f"k must be in [1, min({MAX_K}, M={tgt.shape[1]})], got {k}")
+    index, sim = _match_topk(src, tgt, mask, k, normalize, eps)
+    return (index[0], sim[0]) if unbatched else (index, sim)
+
+
+def nearest(src: Tensor, tgt: Tensor, *, normalize: bool = True, mask: Optional[Tensor] = None,
+            eps: float = EPS) -> tuple[Tensor, Tensor]:
+    """Top-1 nearest target of each source row.
+
+    src B x N x D and tgt B x M x D (or N x D and M x D), mask B x M bool of valid targets ->
+    index B x N (int64, -1 when no valid target) and similarity B x N (float32).
+    Cosine similarity by default (``normalize=True``); dot product otherwise.
+    """
+    index, sim = topk(src, tgt, 1, normalize=normalize, mask=mask, eps=eps)
+    return index[..., 0], sim[..., 0]
+
+
+def mutual(src: Tensor, tgt: Tensor, *, normalize: bool = True, src_mask: Optional[Tensor] = None,
+           tgt_mask: Optional[Tensor] = None, eps: float = EPS) -> tuple[Tensor, Tensor, Tensor]:
+    """Mutual nearest neighbours.
+
+    Returns index B x N, similarity B x N (as :func:`nearest` from src to tgt) and is_mutual
+    B x N bool: True where the nearest source of target ``index[b, n]`` is ``n`` again.
+    """
+    index, sim = nearest(src, tgt, normalize=normalize, mask=tgt_mask, eps=eps)
+    if src.shape[-2] == 0:
+        return index, sim, torch.zeros_like(index, dtype=torch.bool)
+    back, _ = nearest(tgt, src, normalize=normalize, mask=src_mask, eps=eps)
+    rows = torch.arange(src.shape[-2], device=index.device).expand_as(index)
+    back_of_index = torch.gather(back, -1, index.clamp_min(0))
+    return index, sim, (index >= 0) & (back_of_index == rows)
+
+
+def soft_argmax(src: Tensor, tgt: Tensor, index: Tensor, grid_size: tuple[int, int], *, radius: int = 2,
+                temperature: float = 0.02, normalize: bool = True, mask: Optional[Tensor] = None,
+                eps: float = EPS) -> Tensor:
+    """Sub-cell refinement of matches on a target grid by a windowed soft-argmax.
+
+    tgt B x M x D holds a h x w grid (M = h * w, row-major); ``index`` B x N is a match per source
+    row (e.g. from :func:`nearest`). Softmax of similarity / temperature over the valid cells of
+    the (2 radius + 1)^2 window around each match -> expected position B x N x 2 as (x, y) in grid
+    cells (cell centres at integers). NaN where index is -1.
+    """
+    src, tgt, mask, unbatched = _check_pair(src, tgt, mask)
+    h, w = grid_size
+    if h * w != tgt.shape[1]:
+        raise ValueError(f"grid_size {grid_size} does not hold M = {tgt.shape[1]} targets")
+    if radius < 0 or not temperature > 0:
+        raise ValueError("radius must be >= 0 and temperature > 0")
+    index = index.unsqueeze(0) if unbatched else index
+    if index.dtype != torch.int64 or tuple(index.shape) != tuple(src.shape[:2]) or index.device != src.device:
+        raise ValueError(f"index must be int64 of shape {tuple(src.shape[:2])} on {src.device}")
+    xy = _soft_argmax(src, tgt, mask, index, h, w, radius, float(temperature), normalize, eps)
+    return xy[0] if unbatched else xy
+
+
+def pixels_to_cells(xy: Tensor, image_size: tuple[int, int], grid_size: tuple[int, int]) -> Tensor:
+    """Pixel coordinates (x, y; pixel centres at integers) of an H x W image -> cell coordinates of
+    an h x w grid covering it (cell centres at integers): u = (x + 0.5) * w / W - 0.5."""
+    (H, W), (h, w) = image_size, grid_size
+    scale = xy.new_tensor([w / W, h / H])
+    return (xy + 0.5) * scale - 0.5
+
+
+def cells_to_pixels(uv: Tensor, image_size: tuple[int, int], grid_size: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`pixels_to_cells`."""
+    (H, W), (h, w) = image_size, grid_size
+    scale = uv.new_tensor([W / w, H / h])
+    return (uv + 0.5) * scale - 0.5
+
+
+def sample_descriptors(feats: Tensor, kps: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """Bilinear samples of a B x D x h x w feature map at keypoints B x K x 2 (x, y in pixels of
+    an image of ``image_size`` = (H, W)) -> B x K x D float32 (border values outside the map)."""
+    h, w = feats.shape[-2:]
+    uv = pixels_to_cells(kps.float(), image_size, (h, w))
+    grid = torch.stack([(uv[..., 0] + 0.5) * 2 / w - 1, (uv[..., 1] + 0.5) * 2 / h - 1], dim=-1)
+    out = F.grid_sample(feats.float(), grid.unsqueeze(1), mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out[:, :, 0].transpose(1, 2)
+
+
+def match_keypoints(src_feats: Tensor, tgt_feats: Tensor, src_kps: Tensor, image_size: tuple[int, int], *,
+                    tgt_image_size: Optional[tuple[int, int]] = None, normalize: bool = True,
+                    tgt_mask: Optional[Tensor] = None, refine_radius: int = 0, temperature: float = 0.02,
+                    eps: float = EPS) -> tuple[Tensor, Tensor]:
+    """Transfers keypoints from a source to a target image by descriptor matching.
+
+    src_feats B x D x h x w and tgt_feats B x D x h' x w' (same dtype and device), src_kps B x K x 2
+    as (x, y) in pixels of the source image of size ``image_size`` = (H, W) (pixel centres at
+    integers); ``tgt_image_size`` defaults to ``image_size``. Source descriptors are bilinearly
+    sampled at the keypoints, matched (cosine by default) against every target cell, and the best
+    cell's centre is mapped to target pixels; ``refine_radius`` > 0 refines it by a windowed
+    soft-argmax. tgt_mask B x h' x w' bool restricts the target cells. To reproduce the SPair
+    protocol (argmax over target pixels), pass feature maps upsampled to the image size.
+    Returns tgt_kps B x K x 2 (float32 pixels, NaN where no valid target) and similarity B x K.
+    """
+    if src_feats.dim() != 4 or tgt_feats.dim() != 4:
+        raise ValueError("src_feats and tgt_feats must be B x D x h x w")
+    if src_kps.dim() != 3 or src_kps.shape[-1] != 2 or src_kps.shape[0] != src_feats.shape[0]:
+        raise ValueError(f"src_kps must be B x K x 2 with B = {src_feats.shape[0]}, got {tuple(src_kps.shape)}")
+    if not src_kps.is_floating_point() and src_kps.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"src_kps must be a float or integer tensor, got {src_kps.dtype}")
+    if src_kps.device != src_feats.device:
+        raise ValueError(f"src_kps is on {src_kps.device}, features on {src_feats.device}")
+    tgt_image_size = image_size if tgt_image_size is None else tgt_image_size
+    th, tw = tgt_feats.shape[-2:]
+    tgt = tgt_feats.flatten(2).transpose(1, 2)  # B x M x D view, no copy
+    mask = None if tgt_mask is None else tgt_mask.flatten(1)
+    if src_feats.device != tgt_feats.device or src_feats.dtype != tgt_feats.dtype:
+        raise ValueError("src_feats and tgt_feats must share dtype and device")
+    src = sample_descriptors(src_feats, src_kps, image_size).to(tgt.dtype)
+    index, sim = nearest(src, tgt, normalize=normalize, mask=mask, eps=eps)
+    if refine_radius > 0:
+        uv = soft_argmax(src, tgt, index, (th, tw), radius=refine_radius, temperature=temperature,
+                         normalize=normalize, mask=mask, eps=eps)
+    else:
+        uv = torch.stack([index % tw, index // tw], dim=-1).float()
+        uv = uv.masked_fill((index < 0).unsqueeze(-1), float("nan"))
+    return cells_to_pixels(uv, tgt_image_size, (th, tw)), sim
+
+
+__all__ = ["MAX_K", "cells_to_pixels", "cpu_isa", "match_keypoints", "mutual", "nearest", "pixels_to_cells",
+           "sample_descriptors", "soft_argmax", "topk"]

@@ -1,0 +1,278 @@
+"""lift_rt.matching (C++/CUDA kernels) against lift_rt.matching_reference."""
+import pytest
+import torch
+
+from lift_rt import _C, matching
+from lift_rt import matching_reference as ref
+
+CUDA_OK = torch.cuda.is_available() and _C.has_cuda()
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA_OK, reason="needs a CUDA GPU and a CUDA build"))]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+ISAS = [name for name, code in matching._ISA_NAMES.items() if code <= _C.cpu_isa()]
+
+
+def randn(*shape, dtype=torch.float32, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+
+def integer_inputs(b, n, m, d, seed=0):
+    """Small integers: every dot product is exact in fp32, and ties are frequent."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(-2, 3, (b, n, d), generator=g).float(), torch.randint(-2, 3, (b, m, d), generator=g).float())
+
+
+def assert_topk_close(index, sim, src, tgt, k, *, normalize=True, mask=None, tol=1e-5):
+    """Same similarities (to tol) and same indices, except where the reference itself has a near-tie
+    (within tol) at that rank, where the kernel's pick must be as good as the reference's."""
+    index, sim = index.cpu(), sim.cpu()
+    src, tgt = src.cpu(), tgt.cpu()
+    mask = None if mask is None else mask.cpu()
+    ref_index, ref_sim = ref.topk_reference(src, tgt, k, normalize=normalize, mask=mask)
+    torch.testing.assert_close(sim, ref_sim, atol=tol, rtol=0)
+    differ = index != ref_index
+    if differ.any():
+        full = ref.similarities(src, tgt, normalize=normalize, mask=mask)
+        picked = torch.gather(full, -1, index.clamp_min(0))
+        assert (index[differ] >= 0).all()
+        assert ((picked - ref_sim).abs()[differ] <= tol).all(), "index differs without a near-tie"
+        assert differ.float().mean() < 0.01
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b,n,m,d", [(1, 1, 1, 1), (1, 13, 29, 7), (7, 33, 65, 37), (2, 100, 51, 130), (1, 131, 97, 384)])
+def test_nearest_matches_reference(device, dtype, b, n, m, d):
+    src, tgt = randn(b, n, d, dtype=dtype, device=device, seed=n), randn(b, m, d, dtype=dtype, device=device, seed=m + 1)
+    index, sim = matching.nearest(src, tgt)
+    assert index.shape == (b, n) and index.dtype == torch.int64 and sim.dtype == torch.float32
+    assert index.device == src.device
+    assert_topk_close(index.unsqueeze(-1), sim.unsqueeze(-1), src, tgt, 1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("k", [1, 4, 16])
+def test_every_cpu_kernel_is_exact_on_integer_inputs(monkeypatch, isa, k):
+    monkeypatch.setenv("LIFT_MATCH_ISA", isa)
+    src, tgt = integer_inputs(3, 29, 71, 19)
+    index, sim = matching.topk(src, tgt, k, normalize=False)
+    ref_index, ref_sim = ref.topk_reference(src, tgt, k, normalize=False)
+    assert torch.equal(index, ref_index) and torch.equal(sim, ref_sim)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_cpu_kernel_matches_reference(monkeypatch, isa):
+    monkeypatch.setenv("LIFT_MATCH_ISA", isa)
+    src, tgt = randn(2, 45, 23, seed=1), randn(2, 67, 23, seed=2)
+    index, sim = matching.topk(src, tgt, 3)
+    assert_topk_close(index, sim, src, tgt, 3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ties_go_to_lowest_index(device):
+    base = randn(1, 5, 16, seed=3)
+    tgt = torch.cat([base, base, base], dim=1).to(device)  # targets j, j+5, j+10 identical
+    index, sim = matching.nearest(base.to(device), tgt)
+    assert torch.equal(index.cpu(), torch.arange(5).unsqueeze(0))
+    index, _ = matching.topk(base.to(device), tgt, 3)
+    assert torch.equal(index.cpu()[0, 0], torch.tensor([0, 5, 10]))
+    zeros = torch.zeros(1, 4, 8, device=device)  # all similarities 0 -> index 0
+    assert (matching.nearest(zeros, zeros)[0] == 0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [2, 5, 16])
+def test_topk_matches_reference(device, dtype, k):
+    src, tgt = randn(3, 41, 33, dtype=dtype, device=device, seed=4), randn(3, 90, 33, dtype=dtype, device=device, seed=5)
+    index, sim = matching.topk(src, tgt, k)
+    assert index.shape == (3, 41, k)
+    assert_topk_close(index, sim, src, tgt, k)
+    assert (sim[..., :-1] >= sim[..., 1:]).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask(device):
+    src, tgt = randn(2, 30, 12, device=device, seed=6), randn(2, 50, 12, device=device, seed=7)
+    mask = torch.rand(2, 50, generator=torch.Generator().manual_seed(8)) > 0.5
+    mask[1] = False  # nothing valid in the second pair
+    mask[0, 3] = True
+    mask = mask.to(device)
+    index, sim = matching.topk(src, tgt, 3, mask=mask)
+    assert_topk_close(index, sim, src, tgt, 3, mask=mask)
+    assert mask[0].cpu()[index[0].cpu()].all()
+    assert (index[1] == -1).all() and (sim[1] == float("-inf")).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_never_wins(device):
+    src, tgt = randn(1, 6, 10, device=device, seed=9), randn(1, 20, 10, device=device, seed=10)
+    tgt[0, 4] = float("nan")
+    src[0, 2, 0] = float("nan")
+    index, sim = matching.nearest(src, tgt)
+    assert (index != 4).all()
+    assert index[0, 2] == -1 and sim[0, 2] == float("-inf")
+    ref_index, ref_sim = ref.nearest_reference(src.cpu(), tgt.cpu())
+    assert torch.equal(index.cpu(), ref_index)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_inputs_are_read_in_place(device):
+    src_t, tgt_t = randn(2, 24, 31, device=device, seed=11), randn(2, 24, 45, device=device, seed=12)
+    src, tgt = src_t.transpose(1, 2), tgt_t.transpose(1, 2)[:, ::2]  # B x N x D views with odd strides
+    assert not src.is_contiguous() and not tgt.is_contiguous()
+    index, sim = matching.nearest(src, tgt)
+    c_index, c_sim = matching.nearest(src.contiguous(), tgt.contiguous())
+    assert torch.equal(index, c_index)
+    torch.testing.assert_close(sim, c_sim)
+
+
+def test_unbatched_and_empty():
+    src, tgt = randn(9, 5, seed=13), randn(11, 5, seed=14)
+    index, sim = matching.nearest(src, tgt)
+    assert index.shape == (9,)
+    assert torch.equal(index, matching.nearest(src[None], tgt[None])[0][0])
+    index, sim = matching.nearest(torch.empty(2, 0, 5), randn(2, 3, 5))
+    assert index.shape == (2, 0) and sim.shape == (2, 0)
+    index, sim, mut = matching.mutual(torch.empty(2, 0, 5), randn(2, 3, 5))
+    assert mut.shape == (2, 0)
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda: ((2, 4, 8), (2, 5, 9), {}), ValueError, "descriptor sizes differ"),
+    (lambda: ((2, 4, 8), (3, 5, 8), {}), ValueError, "batch sizes differ"),
+    (lambda: ((2, 4, 8), (2, 0, 8), {}), ValueError, "empty"),
+    (lambda: ((2, 4, 0), (2, 5, 0), {}), ValueError, "at least 1"),
+    (lambda: ((4, 8), (2, 5, 8), {}), ValueError, "expected src"),
+    (lambda: ((2, 4, 8), (2, 5, 8), {"mask": torch.ones(2, 4, dtype=torch.bool)}), ValueError, "mask must have shape"),
+    (lambda: ((2, 4, 8), (2, 5, 8), {"mask": torch.ones(2, 5)}), TypeError, "bool"),
+])
+def test_bad_shapes(make, error, match):
+    src_shape, tgt_shape, kwargs = make()
+    with pytest.raises(error, match=match):
+        matching.nearest(torch.randn(src_shape), torch.randn(tgt_shape), **kwargs)
+
+
+def test_bad_dtypes_devices_and_k():
+    src, tgt = randn(1, 4, 8), randn(1, 5, 8)
+    with pytest.raises(TypeError, match="share a dtype"):
+        matching.nearest(src, tgt.half())
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        matching.nearest(src.double(), tgt.double())
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        matching.nearest(src.long(), tgt.long())
+    with pytest.raises(ValueError, match="CPU or CUDA"):
+        matching.nearest(src.to("meta"), tgt.to("meta"))
+    with pytest.raises(ValueError, match="k must be"):
+        matching.topk(src, tgt, 6)
+    with pytest.raises(ValueError, match="k must be"):
+        matching.topk(randn(1, 4, 8), randn(1, 40, 8), matching.MAX_K + 1)
+    with pytest.raises(ValueError, match="LIFT_MATCH_ISA"):
+        import os
+        os.environ["LIFT_MATCH_ISA"] = "sse9"
+        try:
+            matching.nearest(src, tgt)
+        finally:
+            del os.environ["LIFT_MATCH_ISA"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed-device check needs a CUDA device")
+def test_mixed_devices():
+    with pytest.raises(ValueError, match="different devices"):
+        matching.nearest(randn(1, 4, 8), randn(1, 5, 8, device="cuda"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mutual_matches_reference(device):
+    src, tgt = randn(2, 40, 16, device=device, seed=15), randn(2, 35, 16, device=device, seed=16)
+    tgt_mask = (torch.rand(2, 35, generator=torch.Generator().manual_seed(17)) > 0.2).to(device)
+    index, sim, mut = matching.mutual(src, tgt, tgt_mask=tgt_mask)
+    r_index, r_sim, r_mut = ref.mutual_reference(src.cpu(), tgt.cpu(), tgt_mask=tgt_mask.cpu())
+    assert torch.equal(index.cpu(), r_index) and torch.equal(mut.cpu(), r_mut)
+    assert mut.any()
+    both = torch.cat([src[:, :5], src[:, :5]], dim=1)  # a source and its copy: only the first is mutual
+    _, _, mut = matching.mutual(both, src[:, :5])
+    assert mut[:, :5].all() and not mut[:, 5:].any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_soft_argmax_matches_reference(device, dtype):
+    h, w = 9, 11
+    src, tgt = randn(2, 25, 20, dtype=dtype, device=device, seed=18), randn(2, h * w, 20, dtype=dtype, device=device, seed=19)
+    mask = (torch.rand(2, h * w, generator=torch.Generator().manual_seed(20)) > 0.3).to(device)
+    index, _ = matching.nearest(src, tgt, mask=mask)
+    index[0, 0] = 0  # a window clipped at the corner
+    index[1, 1] = -1  # no match -> NaN
+    xy = matching.soft_argmax(src, tgt, index, (h, w), radius=2, temperature=0.1, mask=mask)
+    xy_ref = ref.soft_argmax_reference(src.cpu(), tgt.cpu(), index.cpu(), (h, w), radius=2, temperature=0.1,
+                                       mask=mask.cpu())
+    torch.testing.assert_close(xy.cpu(), xy_ref, atol=1e-4, rtol=1e-4, equal_nan=True)
+    assert torch.isnan(xy[1, 1]).all()
+    exact = matching.soft_argmax(src, tgt, index.clamp_min(0), (h, w), radius=0)  # one cell: its centre
+    torch.testing.assert_close(exact.cpu(), torch.stack([index.clamp_min(0) % w, index.clamp_min(0) // w], -1).float().cpu())
+
+
+def test_soft_argmax_bad_inputs():
+    src, tgt = randn(1, 4, 8), randn(1, 12, 8)
+    index = torch.zeros(1, 4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="grid_size"):
+        matching.soft_argmax(src, tgt, index, (5, 3))
+    with pytest.raises(ValueError, match="index must be"):
+        matching.soft_argmax(src, tgt, index.int(), (3, 4))
+    with pytest.raises(ValueError, match="temperature"):
+        matching.soft_argmax(src, tgt, index, (3, 4), temperature=0.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("refine", [0, 2])
+def test_match_keypoints_matches_reference(device, refine):
+    src_f, tgt_f = randn(2, 24, 7, 9, device=device, seed=21), randn(2, 24, 8, 6, device=device, seed=22)
+    kps = (torch.rand(2, 10, 2, generator=torch.Generator().manual_seed(23)) * torch.tensor([71.0, 55.0])).to(device)
+    out, sim = matching.match_keypoints(src_f, tgt_f, kps, (56, 72), tgt_image_size=(64, 48), refine_radius=refine)
+    out_ref, sim_ref = ref.match_keypoints_reference(src_f.cpu(), tgt_f.cpu(), kps.cpu(), (56, 72),
+                                                     tgt_image_size=(64, 48), refine_radius=refine)
+    assert out.shape == (2, 10, 2) and sim.shape == (2, 10)
+    torch.testing.assert_close(out.cpu(), out_ref, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(sim.cpu(), sim_ref, atol=1e-5, rtol=0)
+
+
+def test_match_keypoints_identity_at_full_resolution():
+    feats = randn(1, 16, 20, 24, seed=24)  # one descriptor per pixel, as in the SPair protocol
+    kps = torch.tensor([[[0.0, 0.0], [23.0, 19.0], [5.0, 7.0], [12.0, 3.0]]])
+    out, sim = matching.match_keypoints(feats, feats, kps, (20, 24))
+    torch.testing.assert_close(out, kps)
+    torch.testing.assert_close(sim, torch.ones(1, 4))
+    uv = matching.pixels_to_cells(kps, (20, 24), (5, 6))
+    torch.testing.assert_close(matching.cells_to_pixels(uv, (20, 24), (5, 6)), kps)
+
+
+def test_match_keypoints_bad_inputs():
+    f = randn(1, 8, 4, 4)
+    with pytest.raises(ValueError, match="B x K x 2"):
+        matching.match_keypoints(f, f, torch.zeros(1, 3), (16, 16))
+    with pytest.raises(ValueError, match="B x D x h x w"):
+        matching.match_keypoints(f[0], f, torch.zeros(1, 3, 2), (16, 16))
+    with pytest.raises(ValueError, match="share dtype"):
+        matching.match_keypoints(f, f.half(), torch.zeros(1, 3, 2), (16, 16))
+
+
+def test_ops_pass_opcheck():
+    src, tgt = randn(2, 9, 12, seed=25), randn(2, 16, 12, seed=26)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    torch.library.opcheck(torch.ops.lift_rt.match_topk.default, (src, tgt, mask, 2, True, 1e-12))
+    torch.library.opcheck(torch.ops.lift_rt.match_topk.default, (src, tgt, None, 1, False, 1e-12))
+    index = torch.zeros(2, 9, dtype=torch.int64)
+    torch.library.opcheck(torch.ops.lift_rt.soft_argmax.default, (src, tgt, None, index, 4, 4, 1, 0.1, True, 1e-12))
+
+
+def test_torch_compile_smoke():
+    def f(src, tgt):
+        index, sim = matching.nearest(src, tgt)
+        return index + 1, sim * 2
+
+    src, tgt = randn(2, 9, 12, seed=27), randn(2, 16, 12, seed=28)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    out = compiled(src, tgt)
+    expected = f(src, tgt)
+    assert torch.equal(out[0], expected[0]) and torch.equal(out[1], expected[1])
