@@ -1,0 +1,44 @@
+"""Shared Triton settings: interpreter detection, autotune lists, dot precision.
+
+``TRITON_INTERPRET=1`` is read by ``@triton.jit`` when a kernel module is
+imported, so :data:`INTERPRET` is fixed at import too. Under the interpreter
+every autotune list shrinks to its first entry (each extra config would rerun
+the kernel in numpy).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from triton import knobs
+
+INTERPRET: bool = bool(knobs.runtime.interpret)
+
+# Weight / activation dtypes the kernels accept; accumulation is always fp32.
+DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def configs(options: list[tuple[int, int, int, int, int]]) -> list[triton.Config]:
+    """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)`` tuples -> configs (the first only when interpreting)."""
+    out = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+        for bm, bn, bk, warps, stages in options
+    ]
+    return out[:1] if INTERPRET else out
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot`` input precision for fp32 operands: TF32 exactly when PyTorch's convolutions use it."""
+    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+def check_tensor(name: str, t: torch.Tensor, ndim: int, device: torch.device) -> None:
+    """Raise a clear error for a wrong rank, a non-float dtype or another device."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch tensor, not {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if t.dtype not in DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the weights are on {device}")

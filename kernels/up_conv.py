@@ -1,0 +1,134 @@
+"""Fused LiFT up step: 2x transposed conv -> concat with ``img1`` -> 3x3 conv -> BN -> ReLU.
+
+Neither the upsampled tensor nor the concatenation is ever written. The
+transposed conv is composed into the 3x3 conv at load time
+(:func:`lift_rt.kernels.fold.compose_up_conv`), so each program computes a tile
+of output pixels of one parity ``(a, b)`` and reads its input channels straight
+from the three sources:
+
+* ``feats`` (``C`` channels) and ``img2`` (32) on the coarse grid, 2 x 2 coarse
+  pixels per output pixel, with parity-dependent weights;
+* the transposed conv's bias as a virtual all-ones channel inside the grid;
+* ``img1`` (32 channels) on the fine grid, the usual 9 taps.
+
+All tensors are NHWC: the ViT's tokens (``B x T x C``) already are, so the
+features arrive without a transpose, and every GEMM operand tile is a
+contiguous run of channels.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lift_rt.kernels.fold import FoldedUpConv
+from lift_rt.kernels.runtime import check_tensor, configs, dot_precision
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); N = C/2 = 192 for ViT-S, 384 for ViT-B.
+CONFIGS = configs([(64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3), (128, 64, 64, 8, 3)])
+
+
+@triton.autotune(configs=CONFIGS, key=["M", "C", "N", "IMG_C"])
+@triton.jit
+def _up_conv_kernel(
+    f_ptr, img2_ptr, img1_ptr, wx_ptr, wb_ptr, wimg_ptr, bias_ptr, y_ptr,
+    M, HC, WC, C, N,
+    sfb, sfh, sfw, sfc,
+    IMG_C: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    parity = pid % 4  # neighbouring programs share their coarse input tile (L2 reuse)
+    pa = parity // 2
+    pb = parity % 2
+    offs_m = (pid // 4) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    bi = offs_m // (HC * WC)
+    rem = offs_m % (HC * WC)
+    ci0 = rem // WC
+    cj0 = rem % WC
+    KX = C + IMG_C
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for off in tl.static_range(4):
+        ci = ci0 + pa - 1 + off // 2
+        cj = cj0 + pb - 1 + off % 2
+        ok = m_ok & (ci >= 0) & (ci < HC) & (cj >= 0) & (cj < WC)
+        wrow = (parity * 4 + off) * KX
+        base = bi.to(tl.int64) * sfb + ci.to(tl.int64) * sfh + cj.to(tl.int64) * sfw
+        for k0 in range(0, C, BLOCK_K):
+            k = k0 + offs_k
+            k_ok = k < C
+            w = tl.load(wx_ptr + (wrow + k)[:, None] * N + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            a = tl.load(f_ptr + base[:, None] + k[None, :] * sfc, mask=ok[:, None] & k_ok[None, :], other=0.0)
+            acc = tl.dot(a.to(w.dtype), w, acc, input_precision=DOT_PRECISION)
+        if IMG_C > 0:
+            kc = tl.arange(0, IMG_C)
+            w2 = tl.load(wx_ptr + (wrow + C + kc)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0.0)
+            pix2 = (bi.to(tl.int64) * HC + ci) * WC + cj
+            a2 = tl.load(img2_ptr + pix2[:, None] * IMG_C + kc[None, :], mask=ok[:, None], other=0.0)
+            acc = tl.dot(a2.to(w2.dtype), w2, acc, input_precision=DOT_PRECISION)
+        wb = tl.load(wb_ptr + (parity * 4 + off) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        acc += tl.where(ok[:, None], wb[None, :], 0.0)
+    HF = 2 * HC
+    WF = 2 * WC
+    oy = 2 * ci0 + pa
+    ox = 2 * cj0 + pb
+    if IMG_C > 0:
+        kc = tl.arange(0, IMG_C)
+        for tap in tl.static_range(9):
+            iy = oy + tap // 3 - 1
+            ix = ox + tap % 3 - 1
+            ok = m_ok & (iy >= 0) & (iy < HF) & (ix >= 0) & (ix < WF)
+            w1 = tl.load(wimg_ptr + (tap * IMG_C + kc)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0.0)
+            pix1 = (bi.to(tl.int64) * HF + iy) * WF + ix
+            a1 = tl.load(img1_ptr + pix1[:, None] * IMG_C + kc[None, :], mask=ok[:, None], other=0.0)
+            acc = tl.dot(a1.to(w1.dtype), w1, acc, input_precision=DOT_PRECISION)
+    acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    acc = tl.maximum(acc, 0.0)
+    out_pix = (bi.to(tl.int64) * HF + oy) * WF + ox
+    tl.store(y_ptr + out_pix[:, None] * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def up_conv(feats: torch.Tensor, img2: torch.Tensor | None, img1: torch.Tensor | None, weights: FoldedUpConv) -> torch.Tensor:
+    """``relu(bn(conv3x3(cat(up(cat(feats, img2)), img1))))`` without the intermediates.
+
+    Args:
+        feats: ``B x h x w x C`` (any strides: NHWC views of tokens need no copy).
+        img2: ``B x h x w x 32`` contiguous, or None for the 'No Img.' LiFT.
+        img1: ``B x 2h x 2w x 32`` contiguous, or None.
+        weights: the composed weights (dtype of the computation).
+    Returns:
+        ``B x 2h x 2w x N`` contiguous NHWC in the weights' dtype.
+    """
+    device = weights.wx.device
+    check_tensor("feats", feats, 4, device)
+    b, hc, wc, c = feats.shape
+    kx, n = weights.wx.shape[1:]
+    img_c = kx - c
+    if img_c < 0 or weights.wimg.shape[1] != img_c:
+        raise ValueError(f"feats have {c} channels, but the weights expect {kx - weights.wimg.shape[1]}")
+    if img_c:
+        if img1 is None or img2 is None:
+            raise ValueError("this LiFT uses the image branch: img1 and img2 are required")
+        check_tensor("img2", img2, 4, device)
+        check_tensor("img1", img1, 4, device)
+        if img2.shape != (b, hc, wc, img_c) or img1.shape != (b, 2 * hc, 2 * wc, img_c):
+            raise ValueError(
+                f"img2 must be {(b, hc, wc, img_c)} and img1 {(b, 2 * hc, 2 * wc, img_c)}, got {tuple(img2.shape)} and {tuple(img1.shape)}"
+            )
+        img1, img2 = img1.contiguous(), img2.contiguous()
+    else:
+        img1 = img2 = feats  # never read
+    y = torch.empty(b, 2 * hc, 2 * wc, n, device=device, dtype=weights.wx.dtype)
+    m = b * hc * wc
+    grid = lambda meta: (4 * triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))
+    _up_conv_kernel[grid](
+        feats, img2, img1, weights.wx, weights.wb, weights.wimg, weights.bias, y,
+        m, hc, wc, c, n, *feats.stride(),
+        IMG_C=img_c, DOT_PRECISION=dot_precision(weights.wx.dtype),
+    )
+    return y
