@@ -151,9 +151,24 @@ class ViTFeatures(nn.Module):
         self.pos_embed = vit.pos_embed
         self.num_prefix = 1 + (self.reg_token.shape[1] if self.reg_token is not None else 0)
         self.blocks = nn.ModuleList(vit.blocks[: layer + 1])
+        self.frozen_grid: tuple[int, int] | None = None
+
+    def freeze_pos_embed(self, height: int, width: int) -> None:
+        """Precompute the positional embedding for ``height x width`` images.
+
+        At that size :meth:`interpolate_pos_embed` then returns a buffer instead of
+        resizing, so a traced graph (ONNX) holds no bicubic Resize.
+        """
+        grid = check_resolution(self.spec, height, width)
+        with torch.no_grad():
+            frozen = self.interpolate_pos_embed(*grid).detach().clone()
+        self.register_buffer("frozen_pos_embed", frozen, persistent=False)
+        self.frozen_grid = grid
 
     def interpolate_pos_embed(self, h: int, w: int) -> torch.Tensor:
         """Positional embedding for an ``h x w`` grid (bicubic, as DINO: +0.1 on the scale)."""
+        if self.frozen_grid == (h, w):
+            return self.frozen_pos_embed
         pos = self.pos_embed
         n = pos.shape[1] - 1
         side = int(math.sqrt(n))

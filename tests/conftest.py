@@ -1,10 +1,17 @@
-"""Shared fixtures. No test downloads anything: the Hugging Face cache points at an empty folder."""
+"""Shared fixtures. No test downloads anything (the Hugging Face cache points at an empty folder)
+and no test writes outside pytest's temporary folders (lift_rt's artifact cache included)."""
 
 import pytest
 
 
+@pytest.fixture(scope="session")
+def _artifact_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("lift_rt_cache")
+
+
 @pytest.fixture(autouse=True)
-def _empty_hub_cache(tmp_path_factory, monkeypatch):
+def _empty_hub_cache(tmp_path_factory, monkeypatch, _artifact_cache):
+    monkeypatch.setenv("LIFT_RT_CACHE", str(_artifact_cache))
     cache = tmp_path_factory.mktemp("hf_home")
     monkeypatch.setenv("HF_HOME", str(cache))
     monkeypatch.setenv("HF_HUB_CACHE", str(cache / "hub"))

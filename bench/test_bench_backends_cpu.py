@@ -1,0 +1,77 @@
+"""Images/s on the CPU: the fused ONNX graph in onnxruntime and torch.compile vs eager PyTorch.
+
+dino_s8 + LiFT (1 iteration) at 224 x 224, batch 1, fp32, random weights, 5 rounds
+each. The issue's target: onnxruntime >= 1.2x eager, compared on the best round.
+The result (the speedups that set ``AUTO_ORDER_CPU`` in lift_rt/backends.py) is
+written to bench/results/export-cpu-<date>.json.
+
+    pytest bench/test_bench_backends_cpu.py --benchmark-only -s
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from lift_rt.engine import Engine
+
+BACKBONE, RESOLUTION, BATCH = "dino_s8", 224, 1
+BACKENDS = ("torch", "onnxruntime", "compile")
+RESULTS = Path(__file__).parent / "results"
+
+
+def cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Collects images/s (from the mean and from the best round) per backend; writes the JSON at the end."""
+    found: dict[str, dict[str, float]] = {}
+    yield found
+    if "torch" not in found:
+        return
+    record = {
+        "bench": "backends_cpu", "backbone": BACKBONE, "resolution": RESOLUTION, "batch": BATCH, "precision": "fp32",
+        "device": f"cpu: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        "load_average_1min": os.getloadavg()[0],  # > cores: other work shared the CPU, timings are noisy
+        "commit": commit(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__, "images_per_s": found,
+        # best round: the least disturbed by other work on a shared machine
+        "speedup_vs_torch": {name: value["best"] / found["torch"]["best"] for name, value in found.items()},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"export-cpu-{datetime.date.today():%Y%m%d}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"\n{json.dumps(record['speedup_vs_torch'])} -> {path}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cpu_images_per_second(benchmark, results, tmp_path_factory, backend):
+    options = {"cache_dir": tmp_path_factory.mktemp("onnx")} if backend == "onnxruntime" else {}
+    torch.manual_seed(0)
+    engine = Engine(BACKBONE, random_init=True, backend=backend, device="cpu", **options)
+    images = torch.rand(BATCH, 3, RESOLUTION, RESOLUTION)
+    engine(images)  # export / compile outside the timing
+    benchmark.pedantic(engine, args=(images,), rounds=5, warmup_rounds=1, iterations=1)
+    stats = benchmark.stats.stats
+    results[backend] = {"mean": BATCH / stats.mean, "best": BATCH / stats.min}
+    benchmark.extra_info["images_per_s"] = results[backend]

@@ -1,0 +1,140 @@
+"""On-disk cache of exported artifacts (ONNX graphs, TensorRT plans).
+
+Each artifact is stored under a name derived from an :class:`ArtifactKey`
+(everything that changes its bytes: backbone, facet, weights hash, resolution,
+precision, batch range, runtime version, device) beside a ``.json`` sidecar
+holding the full key and the file's SHA-256. A file whose sidecar is missing,
+names another key or a different digest is stale or corrupt: it is rebuilt
+with a message, never used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+CACHE_ENV = "LIFT_RT_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$LIFT_RT_CACHE`` or ``~/.cache/lift_rt``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lift_rt")
+
+
+def weights_hash(module: nn.Module) -> str:
+    """SHA-256 (16 hex digits) of every parameter and buffer: names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ArtifactKey:
+    """Everything an exported file depends on. ``runtime``: e.g. ``torch-2.14.1`` or ``tensorrt-10.13``."""
+
+    backbone: str
+    facet: str
+    layer: int
+    iterations: int
+    weights: str
+    height: int
+    width: int
+    precision: str
+    runtime: str
+    min_batch: int = 1
+    max_batch: int | None = None
+    opt_batch: int | None = None
+    opset: int | None = None
+    device: str = "any"
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def stem(self) -> str:
+        """Readable file stem ending in a hash of the whole key."""
+        batch = f"-b{self.min_batch}-{self.max_batch}" if self.max_batch is not None else ""
+        digest = hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        return (
+            f"{self.backbone}-{self.facet}{self.layer}-k{self.iterations}-{self.height}x{self.width}"
+            f"-{self.precision}{batch}-{digest}"
+        )
+
+
+def sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def invalid_reason(path: Path, key: ArtifactKey) -> str | None:
+    """None when ``path`` is a complete artifact for ``key``; else why it cannot be used."""
+    if not path.is_file():
+        return "not built yet"
+    meta_path = sidecar(path)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        return f"{meta_path.name} is missing (interrupted build?)"
+    except (OSError, ValueError) as exc:
+        return f"{meta_path.name} is unreadable ({exc})"
+    if meta.get("key") != key.as_dict():
+        return "it was built for another configuration (stale)"
+    if meta.get("sha256") != file_digest(path):
+        return "its checksum does not match (corrupt or truncated file)"
+    return None
+
+
+def store(path: Path, key: ArtifactKey) -> None:
+    """Write the sidecar recording ``key`` and the digest of ``path``."""
+    meta = {"key": key.as_dict(), "sha256": file_digest(path), "bytes": path.stat().st_size}
+    sidecar(path).write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+
+def cached_artifact(
+    directory: Path,
+    key: ArtifactKey,
+    suffix: str,
+    build: Callable[[Path], None],
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Path of the valid artifact for ``key`` in ``directory``, building it when absent, stale or corrupt.
+
+    ``build(tmp_path)`` writes the file; it is moved into place only once
+    complete, so an interrupted build never leaves a file that looks valid.
+    """
+    directory = Path(directory)
+    path = directory / f"{key.stem}{suffix}"
+    reason = invalid_reason(path, key)
+    if reason is None:
+        log(f"using cached {path}")
+        return path
+    if path.exists():
+        log(f"rebuilding {path.name}: {reason}")
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        build(tmp)
+        sidecar(path).unlink(missing_ok=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    store(path, key)
+    return path

@@ -1,0 +1,138 @@
+"""Engine backends beyond eager torch: onnxruntime, TensorRT, torch.compile, and the ``auto`` choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lift_rt import backends
+from lift_rt.backends import AUTO_ORDER_CPU, AUTO_ORDER_GPU, BackendUnavailable, CompileBackend, TorchBackend, choose_backend
+from lift_rt.engine import Engine, build_pipeline
+
+CPU = torch.device("cpu")
+
+
+def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((out.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory) -> Path:
+    """Shared with tests/test_export.py: same seed, same weights hash, so its graphs are reused."""
+    return tmp_path_factory.getbasetemp() / "lift_rt_onnx_cache"
+
+
+@pytest.mark.parametrize("layer,precision,tolerance", [(None, "fp32", 1e-4), (3, "fp16", 1e-2)])
+def test_onnxruntime_backend_matches_torch(onnx_cache, layer, precision, tolerance):
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)  # the weights of tests/test_export.py's pipelines: their graphs are in onnx_cache
+    engine = Engine("dino_s16", random_init=True, layer=layer, backend="onnxruntime", precision=precision, device="cpu",
+                    cache_dir=onnx_cache)
+    assert engine.backend_name == "onnxruntime"
+    images = torch.rand(3, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+    out = engine(images)
+    with torch.inference_mode():
+        reference = engine.pipeline(images)
+    assert isinstance(out, torch.Tensor) and out.device == CPU and out.dtype == engine.backend.dtype
+    assert out.shape == (3, 384, 14, 14)
+    assert relative_error(out, reference) <= tolerance
+    with pytest.raises(ValueError, match="multiple of 16"):
+        engine(torch.rand(1, 3, 100, 112))
+
+
+def test_onnxruntime_backend_refuses_bf16():
+    pytest.importorskip("onnxruntime")
+    from lift_rt.export.ort_backend import OnnxRuntimeBackend
+
+    pipeline = build_pipeline("dino_s16", random_init=True, layer=0)
+    with pytest.raises(BackendUnavailable, match="not bf16"):
+        OnnxRuntimeBackend(pipeline, device=CPU, precision="bf16")
+
+
+def test_onnxruntime_cuda_needs_the_cuda_provider():
+    ort = pytest.importorskip("onnxruntime")
+    from lift_rt.export.ort_backend import OnnxRuntimeBackend
+
+    reason = OnnxRuntimeBackend.unavailable_reason(torch.device("cuda"))
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert reason is None
+    else:
+        assert "onnxruntime-gpu" in reason
+    assert OnnxRuntimeBackend.unavailable_reason(CPU) is None
+
+
+def test_onnxruntime_cuda_matches_torch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    if not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs a CUDA device and onnxruntime-gpu")
+    torch.manual_seed(0)
+    engine = Engine("dino_s16", random_init=True, backend="onnxruntime", device="cuda", cache_dir=tmp_path, layer=3)
+    images = torch.rand(2, 3, 112, 112, device="cuda")
+    out = engine(images)
+    with torch.inference_mode():
+        reference = engine.pipeline.cuda()(images)
+    assert out.device.type == "cuda" and relative_error(out, reference) <= 1e-3  # cuDNN may use TF32
+
+
+def test_tensorrt_backend_says_what_is_missing():
+    from lift_rt.export.trt_backend import TensorRTBackend
+    from lift_rt.export.trt_engine import tensorrt_unavailable_reason
+
+    reason = TensorRTBackend.unavailable_reason(torch.device("cuda"))
+    assert reason == tensorrt_unavailable_reason("cuda")
+    assert TensorRTBackend.unavailable_reason(CPU)  # never on a CPU
+    if reason is not None:
+        assert "tensorrt" in reason.lower() or "CUDA" in reason
+        torch.manual_seed(0)
+        with pytest.raises(BackendUnavailable, match="cannot run"):
+            Engine("dino_s16", random_init=True, layer=0, backend="tensorrt", device="cpu")
+
+
+def test_tensorrt_backend_matches_torch(tmp_path):
+    from lift_rt.export.trt_engine import tensorrt_unavailable_reason
+
+    reason = tensorrt_unavailable_reason("cuda")
+    if reason is not None:
+        print(f"TensorRT test skipped: {reason}")
+        pytest.skip(reason)
+    torch.manual_seed(0)
+    for precision, tolerance in (("fp32", 5e-3), ("fp16", 1e-2)):
+        engine = Engine("dino_s16", random_init=True, backend="tensorrt", precision=precision, device="cuda",
+                        cache_dir=tmp_path, max_batch=4)
+        images = torch.rand(5, 3, 112, 112, device="cuda")  # 5 > max_batch: runs in chunks
+        out = engine(images)
+        with torch.inference_mode():
+            reference = engine.pipeline.cuda().float()(images)
+        assert out.dtype == engine.backend.dtype and relative_error(out, reference) <= tolerance
+
+
+def test_compile_backend_matches_torch():
+    torch.manual_seed(0)
+    pipeline = build_pipeline("dino_s16", random_init=True, layer=0)  # one block: compiles in seconds
+    images = torch.rand(2, 3, 32, 32)
+    reference = TorchBackend(pipeline, device=CPU)(images)
+    out = CompileBackend(pipeline, device=CPU)(images)
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_takes_the_first_present_backend_in_order(monkeypatch):
+    present = {"compile", "onnxruntime", "torch"}
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device: None if name in present else f"{name} missing")
+    name, skipped = choose_backend(torch.device("cuda"))
+    assert AUTO_ORDER_GPU[:3] == ("tensorrt", "triton", "compile")
+    assert name == "compile" and skipped == ["tensorrt: tensorrt missing", "triton: triton missing"]
+    assert choose_backend(CPU)[0] == next(n for n in AUTO_ORDER_CPU if n in present)
+    present.clear()
+    with pytest.raises(BackendUnavailable, match="no backend can run here"):
+        choose_backend(CPU)
+
+
+def test_auto_on_cpu_is_the_measured_best():
+    # bench/test_bench_backends_cpu.py: onnxruntime beats eager torch on CPU (dino_s8, 224, batch 1).
+    assert AUTO_ORDER_CPU[0] == "onnxruntime" and AUTO_ORDER_CPU[-1] == "torch"
+    torch.manual_seed(0)
+    engine = Engine("dino_s16", random_init=True, layer=0, backend="auto", device="cpu")
+    assert engine.backend_name == choose_backend(CPU)[0]
+    assert engine.backend_name in repr(engine)

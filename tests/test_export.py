@@ -1,0 +1,403 @@
+"""ONNX export of the fused pipeline, the artifact cache, TensorRT glue (fake module) and the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from lift_rt.backbones import build_backbone
+from lift_rt.engine import build_pipeline
+from lift_rt.model import LiFT
+from lift_rt.export import cache as cache_mod
+from lift_rt.export import trt_engine
+from lift_rt.export.__main__ import main
+from lift_rt.export.cache import ArtifactKey, cached_artifact, invalid_reason, sidecar, weights_hash
+from lift_rt.export.onnx_export import OPSET, cached_onnx, check_onnx, export_onnx, validate_onnx
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def seeded_pipeline(backbone: str, seed: int = 0, layer: int | None = None):
+    """Random weights fixed by ``seed`` (same weights hash in every test module, so graphs are shared)."""
+    torch.manual_seed(seed)
+    return build_pipeline(backbone, random_init=True, layer=layer)
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "lift_rt_onnx_cache"
+
+
+@pytest.fixture(scope="module")
+def pipelines() -> dict:
+    """The full dino_s16 (as the CLI builds it), and 4-block pipelines where depth adds only export time."""
+    return {
+        "dino_s16": seeded_pipeline("dino_s16"),
+        "dino_s16/4": seeded_pipeline("dino_s16", layer=3),
+        "dino_s8/4": seeded_pipeline("dino_s8", layer=3),
+    }
+
+
+def op_types(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.mark.parametrize("backbone,resolution", [("dino_s16", 112), ("dino_s16/4", 224), ("dino_s8/4", 112)])
+def test_fp32_graph_matches_pytorch(pipelines, onnx_cache, backbone, resolution):
+    pipeline = pipelines[backbone]
+    path = cached_onnx(pipeline, resolution, cache_dir=onnx_cache)
+    parity = check_onnx(path, pipeline, batch=3, seed=resolution)  # batch 3: not the export example's 2
+    assert parity.ok, parity
+    assert parity.rel <= 1e-4
+    # Positional embedding precomputed: no (antialiased bicubic) Resize for TensorRT to reject.
+    assert "Resize" not in op_types(path)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    batch_dim = graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value, "batch must be dynamic"
+
+
+def test_batch_one_runs(pipelines, onnx_cache):
+    pipeline = pipelines["dino_s16"]
+    parity = check_onnx(cached_onnx(pipeline, 112, cache_dir=onnx_cache), pipeline, batch=1, seed=7)
+    assert parity.ok, parity
+
+
+def test_fp16_graph_keeps_layernorm_fp32_and_matches(pipelines, onnx_cache):
+    pipeline = pipelines["dino_s16/4"]
+    path = cached_onnx(pipeline, 112, precision="fp16", cache_dir=onnx_cache)
+    model = onnx.load(str(path))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # images stay fp32
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    produced = {out: node for node in model.graph.node for out in node.output}
+    norms = [node for node in model.graph.node if node.op_type == "LayerNormalization"]
+    assert norms and all(produced[n.input[0]].op_type == "Cast" for n in norms), "LayerNorm input must be cast to fp32"
+    parity = check_onnx(path, pipeline, precision="fp16")
+    assert parity.ok and parity.rel <= 1e-2, parity
+
+
+def test_bf16_graph_is_valid_onnx(pipelines, onnx_cache):
+    # onnxruntime has no bf16 Conv, so only the checker runs here; TensorRT consumes this graph.
+    path = cached_onnx(pipelines["dino_s16/4"], 112, precision="bf16", cache_dir=onnx_cache)
+    validate_onnx(path)
+    model = onnx.load(str(path))
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == OPSET["bf16"]
+
+
+def test_non_square_two_iterations_match(onnx_cache):
+    pipeline = seeded_pipeline("dino_s16", layer=3)
+    pipeline.iterations = 2  # the image is bilinearly upsampled inside the graph between LiFT steps
+    parity = check_onnx(cached_onnx(pipeline, (64, 96), cache_dir=onnx_cache), pipeline, batch=2)
+    assert parity.ok, parity
+
+
+def test_export_leaves_pipeline_untouched(pipelines):
+    pipeline = pipelines["dino_s16"]
+    assert pipeline.backbone.frozen_grid is None
+    assert next(pipeline.parameters()).dtype == torch.float32
+
+
+def test_frozen_pos_embed_matches_interpolation():
+    vit = build_backbone("dino_s16", random_init=True, layer=0)
+    expected = vit.interpolate_pos_embed(7, 5)
+    vit.freeze_pos_embed(112, 80)
+    assert vit.frozen_grid == (7, 5)
+    torch.testing.assert_close(vit.interpolate_pos_embed(7, 5), expected, rtol=0, atol=0)
+    assert vit.interpolate_pos_embed(14, 14) is vit.pos_embed  # other grids are still resized / native
+    with pytest.raises(ValueError, match="multiple of 16"):
+        vit.freeze_pos_embed(100, 112)
+
+
+def test_export_rejects_bad_resolution(pipelines, tmp_path):
+    with pytest.raises(ValueError, match="multiple of 8"):
+        export_onnx(pipelines["dino_s8/4"], tmp_path / "x.onnx", 100)
+
+
+# --- cache -----------------------------------------------------------------------------------------
+
+def make_key(**changes) -> ArtifactKey:
+    fields = dict(backbone="dino_s8", facet="key", layer=11, iterations=1, weights="0" * 16, height=224, width=224,
+                  precision="fp16", runtime="tensorrt-10.13", max_batch=32, opt_batch=8, device="H100-sm90")
+    return ArtifactKey(**{**fields, **changes})
+
+
+@pytest.mark.parametrize("change", [
+    {"backbone": "dino_s16"}, {"facet": "query"}, {"layer": 9}, {"iterations": 2}, {"weights": "1" * 16},
+    {"height": 112}, {"width": 112}, {"precision": "bf16"}, {"runtime": "tensorrt-11.4"}, {"max_batch": 16},
+    {"opt_batch": 4}, {"device": "A100-sm80"},
+])
+def test_every_key_field_changes_the_file_name(change):
+    assert make_key(**change).stem != make_key().stem
+
+
+def test_weights_hash_sees_every_weight():
+    lift = LiFT(dim=384, patch_size=16)
+    before = weights_hash(lift)
+    assert weights_hash(lift) == before
+    with torch.no_grad():
+        lift.outc.bias[3] += 1e-6
+    assert weights_hash(lift) != before
+
+
+def counting_builder(payload: bytes = b"engine-bytes"):
+    calls = []
+
+    def build(tmp: Path) -> None:
+        calls.append(tmp)
+        tmp.write_bytes(payload)
+
+    return build, calls
+
+
+def test_cache_builds_once_then_reuses(tmp_path):
+    build, calls = counting_builder()
+    key = make_key()
+    messages: list[str] = []
+    first = cached_artifact(tmp_path, key, ".plan", build, messages.append)
+    second = cached_artifact(tmp_path, key, ".plan", build, messages.append)
+    assert first == second and len(calls) == 1
+    assert first.read_bytes() == b"engine-bytes"
+    assert json.loads(sidecar(first).read_text())["key"] == key.as_dict()
+    assert any("using cached" in m for m in messages)
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (lambda path: path.write_bytes(path.read_bytes()[:5]), "checksum"),  # truncated plan
+    (lambda path: sidecar(path).unlink(), "missing"),  # interrupted build
+    (lambda path: sidecar(path).write_text("{not json"), "unreadable"),
+    (lambda path: sidecar(path).write_text(json.dumps({"key": make_key(max_batch=4).as_dict()})), "stale"),
+])
+def test_corrupt_or_stale_artifact_is_rebuilt_with_a_message(tmp_path, damage, reason):
+    build, calls = counting_builder()
+    key = make_key()
+    path = cached_artifact(tmp_path, key, ".plan", build, lambda m: None)
+    damage(path)
+    assert reason in invalid_reason(path, key)
+    messages: list[str] = []
+    again = cached_artifact(tmp_path, key, ".plan", build, messages.append)
+    assert len(calls) == 2 and invalid_reason(again, key) is None
+    assert any(m.startswith("rebuilding") and reason in m for m in messages), messages
+
+
+def test_failed_build_leaves_nothing_that_looks_valid(tmp_path):
+    def broken(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("builder crashed")
+
+    with pytest.raises(RuntimeError, match="crashed"):
+        cached_artifact(tmp_path, make_key(), ".plan", broken, lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv(cache_mod.CACHE_ENV, str(tmp_path))
+    assert cache_mod.default_cache_dir() == tmp_path
+
+
+# --- TensorRT glue against a fake tensorrt module (no TensorRT here) --------------------------------
+
+class FakeTensorRT(types.ModuleType):
+    """Records what the builder is asked for; ``plan`` None mimics a failed build."""
+
+    def __init__(self, plan: bytes | None = b"PLAN", parse_ok: bool = True, deserialize_ok: bool = True) -> None:
+        super().__init__("tensorrt")
+        self.__version__ = "10.99.0"
+        self.record: dict = {}
+        fake = self
+
+        class Logger:
+            WARNING, ERROR = 2, 1
+
+            def __init__(self, level): pass
+
+        class NetworkDefinitionCreationFlag:
+            STRONGLY_TYPED = 5
+
+        class MemoryPoolType:
+            WORKSPACE = "workspace"
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                fake.record["profile"] = (name, lo, opt, hi)
+
+        class Cache:
+            def __init__(self, data): self.data = data
+
+            def serialize(self): return b"TIMING" + self.data
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size): fake.record["workspace"] = (pool, size)
+
+            def create_timing_cache(self, data):
+                fake.record["timing_in"] = data
+                self.cache = Cache(data)
+                return self.cache
+
+            def set_timing_cache(self, cache, ignore_mismatch): pass
+
+            def get_timing_cache(self): return self.cache
+
+            def add_optimization_profile(self, profile): fake.record["profiles"] = fake.record.get("profiles", 0) + 1
+
+        class Builder:
+            def __init__(self, logger): pass
+
+            def create_network(self, flags):
+                fake.record["network_flags"] = flags
+                return object()
+
+            def create_builder_config(self): return Config()
+
+            def create_optimization_profile(self): return Profile()
+
+            def build_serialized_network(self, network, config):
+                fake.record["builds"] = fake.record.get("builds", 0) + 1
+                return plan
+
+        class OnnxParser:
+            num_errors = 0 if parse_ok else 1
+
+            def __init__(self, network, logger): pass
+
+            def parse_from_file(self, path):
+                fake.record["parsed"] = path
+                return parse_ok
+
+            def get_error(self, i): return "unsupported operator Foo"
+
+        class Runtime:
+            def __init__(self, logger): pass
+
+            def deserialize_cuda_engine(self, data):
+                return ("engine", bytes(data)) if fake.deserialize_ok and data == plan else None
+
+        self.deserialize_ok = deserialize_ok
+        for cls in (Logger, NetworkDefinitionCreationFlag, MemoryPoolType, Builder, OnnxParser, Runtime):
+            setattr(self, cls.__name__, cls)
+
+
+def test_build_engine_uses_strongly_typed_network_and_profile(monkeypatch, tmp_path):
+    fake = FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    timing = tmp_path / "timing.cache"
+    timing.write_bytes(b"old")
+    trt_engine.build_engine(tmp_path / "g.onnx", tmp_path / "e.plan", height=224, width=160, max_batch=32, opt_batch=8,
+                            workspace_bytes=123, timing_cache=timing, log=lambda m: None)
+    assert fake.record["network_flags"] == 1 << 5
+    assert fake.record["profile"] == ("images", (1, 3, 224, 160), (8, 3, 224, 160), (32, 3, 224, 160))
+    assert fake.record["workspace"] == ("workspace", 123) and fake.record["profiles"] == 1
+    assert fake.record["timing_in"] == b"old" and timing.read_bytes() == b"TIMINGold"
+    assert (tmp_path / "e.plan").read_bytes() == b"PLAN"
+
+
+@pytest.mark.parametrize("fake,match", [(FakeTensorRT(parse_ok=False), "unsupported operator Foo"), (FakeTensorRT(plan=None), "failed to build")])
+def test_build_engine_failures_are_explained(monkeypatch, tmp_path, fake, match):
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    with pytest.raises(RuntimeError, match=match):
+        trt_engine.build_engine(tmp_path / "g.onnx", tmp_path / "e.plan", height=112, width=112, max_batch=4, opt_batch=4,
+                                log=lambda m: None)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch, tmp_path):
+    """A fake tensorrt, a fake CUDA device and a stub ONNX export: exercises cached_engine end to end."""
+    fake = FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: types.SimpleNamespace(name="NVIDIA H100 80GB", major=9, minor=0))
+
+    def stub_onnx(pipeline, resolution, *, precision, cache_dir, log):
+        path = Path(cache_dir) / "stub.onnx"
+        path.write_bytes(b"onnx")
+        return path
+
+    monkeypatch.setattr(trt_engine, "cached_onnx", stub_onnx)
+    return fake
+
+
+def test_cached_engine_builds_once_and_rebuilds_undeserializable(fake_gpu, pipelines, tmp_path):
+    pipeline = pipelines["dino_s16/4"]
+    messages: list[str] = []
+    path, engine = trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=4, cache_dir=tmp_path, log=messages.append)
+    assert engine == ("engine", b"PLAN") and fake_gpu.record["builds"] == 1
+    assert "NVIDIA-H100-80GB-sm90" in json.dumps(json.loads(sidecar(path).read_text()))
+    assert "tensorrt-10.99.0" in sidecar(path).read_text()
+    trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=4, cache_dir=tmp_path, log=messages.append)
+    assert fake_gpu.record["builds"] == 1
+    fake_gpu.deserialize_ok = False  # e.g. a plan from another TensorRT build
+    with pytest.raises(RuntimeError, match="cannot deserialize"):
+        trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=4, cache_dir=tmp_path, log=messages.append)
+    assert fake_gpu.record["builds"] == 2
+    assert any("could not deserialize" in m for m in messages)
+    fake_gpu.deserialize_ok = True
+    # A new batch range is another engine, not a reuse.
+    path8, _ = trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=8, cache_dir=tmp_path, log=lambda m: None)
+    assert path8 != path and fake_gpu.record["builds"] == 3
+
+
+def test_tensorrt_reason_names_what_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails
+    assert "tensorrt" in trt_engine.tensorrt_unavailable_reason("cuda")
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT())
+    assert "not on cpu" in trt_engine.tensorrt_unavailable_reason("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "no CUDA device" in trt_engine.tensorrt_unavailable_reason("cuda")
+
+
+@pytest.mark.parametrize("max_batch,opt,match", [(0, None, "max batch"), (4, 8, "opt batch"), (4, 0, "opt batch")])
+def test_bad_batch_range(max_batch, opt, match):
+    with pytest.raises(ValueError, match=match):
+        trt_engine.check_batch_range(max_batch, opt)
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--backbone", "--lift-weights", "--random-init", "--resolution", "--max-batch", "--precision", "--out"):
+        assert option in text
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--backbone", "dino_s8", "--random-init", "--resolution", "100"], "multiple of 8"),
+    (["--backbone", "dino_s16", "--random-init", "--resolution", "224x200"], "multiple of 16"),
+    (["--backbone", "dino_s8", "--random-init", "--resolution", "abc"], "resolution must be"),
+    (["--backbone", "resnet50", "--random-init"], "unknown backbone"),
+    (["--backbone", "dino_s8", "--random-init", "--max-batch", "0"], "max batch must be >= 1"),
+    (["--backbone", "dino_s8", "--random-init", "--iterations", "0"], "iterations must be >= 1"),
+    (["--backbone", "dino_s8", "--random-init", "--precision", "int8"], "invalid choice"),
+    (["--backbone", "dino_s8"], "no LiFT weights"),
+    (["--backbone", "dino_s8", "--random-init", "--backbone-weights", "x.pth"], "not allowed with"),
+    (["--backbone", "dino_s8", "--lift-weights", "/nonexistent/lift.pth"], "does not exist"),
+])
+def test_cli_bad_arguments(capsys, argv, match):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_cli_exports_checks_and_explains_missing_engine(capsys, onnx_cache):
+    # Same seed as the fixtures: the graph is reused from the shared cache when present.
+    torch.manual_seed(0)
+    code = main(["--backbone", "dino_s16", "--random-init", "--resolution", "112", "--out", str(onnx_cache)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "[4/4]" in out and "summary" in out
+    assert "relative" in out and ": OK" in out
+    onnx_line = next(line for line in out.splitlines() if line.strip().startswith("onnx "))
+    assert Path(onnx_line.split()[1]).is_file() and "MiB" in onnx_line
+    reason = trt_engine.tensorrt_unavailable_reason("cuda")
+    if reason is not None:
+        assert "engine  not built: " + reason in out
+    else:
+        assert "parity  TensorRT vs PyTorch" in out
