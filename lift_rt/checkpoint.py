@@ -29,7 +29,7 @@ def save_lift(
         "facet": facet,
         "dim": str(lift.dim),
         "patch_size": str(lift.patch_size),
-        "use_image": str(int(lift.use_image)),
+        "use_image": str(int(getattr(lift, "use_image", True))),
         **(extra or {}),
     }
     path = Path(path)

@@ -1,0 +1,157 @@
+"""Feature fidelity: how close 2x-upsampled features come to the backbone's own 2x features.
+
+For each held-out image (squashed to ``S x S``), the backbone sees the image at
+``S`` and its decimation ``img[:, :, ::2, ::2]`` at ``S/2`` (as in training).
+Each upsampler lifts the ``S/2`` features to the ``S`` grid; the score is the
+cosine similarity over channels with the backbone's ``S`` features, averaged
+over positions, then over images (mean and standard deviation over images).
+Higher is better; 1 is a perfect match.
+
+``python -m lift_rt.eval fidelity --backbone dino_s16 --lift run/epoch5.safetensors --data heldout/``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from lift_rt.backbones import FACETS, ViTFeatures, get_spec
+from lift_rt.checkpoint import read_lift_state
+from lift_rt.data import ImageFolder
+from lift_rt.pipeline import LiftPipeline
+from lift_rt.train.losses import feature_pyramid
+from lift_rt.train.models import build_frozen_backbone, load_upsampler
+from lift_rt.upsamplers import build_upsampler
+
+BASELINES: tuple[str, ...] = ("bilinear", "rc", "jbu", "nearest")
+
+
+@torch.no_grad()
+def evaluate_fidelity(
+    backbone: ViTFeatures,
+    upsamplers: dict[str, nn.Module],
+    batches: Iterable[torch.Tensor],
+    device: torch.device | str = "cpu",
+) -> dict[str, tuple[float, float]]:
+    """``{name: (mean, std over images)}`` of the mean cosine similarity at 2x.
+
+    ``batches`` yields ``B x 3 x S x S`` images in [0, 1], S a multiple of twice the patch size.
+    """
+    pipeline = LiftPipeline(backbone, lift=None).to(device).eval()
+    scores: dict[str, list[torch.Tensor]] = {name: [] for name in upsamplers}
+    for images in batches:
+        image = pipeline.normalise(images.to(device))
+        (_, target), (small, feats) = feature_pyramid(pipeline.backbone, image, levels=2)
+        for name, upsampler in upsamplers.items():
+            pred = upsampler.to(device).eval()(small, feats)
+            per_image = torch.nn.functional.cosine_similarity(pred.float(), target.float(), dim=1).mean((1, 2))
+            scores[name].append(per_image.cpu())
+    results = {}
+    for name, parts in scores.items():
+        if not parts:
+            raise ValueError("no images to evaluate")
+        per_image = torch.cat(parts).double()
+        std = per_image.std().item() if per_image.numel() > 1 else 0.0
+        results[name] = (per_image.mean().item(), std)
+    return results
+
+
+def format_table(results: dict[str, tuple[float, float]], title: str) -> str:
+    width = max(len(name) for name in results) + 2
+    lines = [title, f"{'upsampler':<{width}}{'mean cos':>10}{'std':>9}"]
+    for name, (mean, std) in sorted(results.items(), key=lambda item: -item[1][0]):
+        lines.append(f"{name:<{width}}{mean:>10.4f}{std:>9.4f}")
+    return "\n".join(lines)
+
+
+def _backbone_settings(args: argparse.Namespace, meta: dict[str, str], facet: str) -> dict:
+    """Backbone settings for the evaluation: the command line, else what the checkpoint was trained with."""
+    trained_random = meta.get("random_init")
+    if trained_random == "1" and not args.random_init:
+        raise ValueError(f"{args.lift} was trained against a randomly initialised backbone: pass --random-init")
+    if trained_random == "0" and args.random_init:
+        raise ValueError(f"{args.lift} was trained against pretrained backbone weights: drop --random-init")
+    layer = args.layer if args.layer is not None else (int(meta["layer"]) if "layer" in meta else None)
+    if "layer" in meta and layer != int(meta["layer"]):
+        raise ValueError(f"{args.lift} was trained on layer {meta['layer']}, not {layer}")
+    seed = args.seed if args.seed is not None else int(meta.get("backbone_seed", 0))
+    return dict(weights=args.backbone_weights, random_init=args.random_init, facet=facet, layer=layer, seed=seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``fidelity`` command: print the table; 2 with a message on bad inputs."""
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"fidelity: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    spec = get_spec(args.backbone)
+    facet = args.facet or read_lift_state(args.lift)[1].get("facet") or spec.facet
+    lift, meta = load_upsampler(args.lift, backbone=spec.name, facet=facet)
+    settings = _backbone_settings(args, meta, facet)
+    imsize = args.imsize or int(meta.get("imsize", 448))
+    if imsize <= 0 or imsize % (2 * spec.patch_size):
+        raise ValueError(f"--imsize {imsize} must be a multiple of 2 x patch = {2 * spec.patch_size}")
+    backbone = build_frozen_backbone(spec.name, **settings)
+    upsamplers: dict[str, nn.Module] = {meta.get("upsampler", "lift"): lift}
+    for name in BASELINES:
+        if name in upsamplers:
+            continue
+        if name == "rc" and args.rc:
+            upsamplers[name] = load_upsampler(args.rc, backbone=spec.name, facet=facet)[0]
+        elif name == "rc":
+            upsamplers["rc (untrained)"] = build_upsampler(name, spec.dim, spec.patch_size)
+        else:
+            upsamplers[name] = build_upsampler(name, spec.dim, spec.patch_size)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dataset = ImageFolder(args.data, imsize)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, num_workers=args.workers)
+    results = evaluate_fidelity(backbone, upsamplers, (images for images, _ in loader), device)
+    init = "random init" if settings["random_init"] else "pretrained"
+    title = (
+        f"fidelity at 2x: {spec.name} ({facet}, layer {backbone.layer}, {init}), {len(dataset)} images from {args.data}: "
+        f"features of the {imsize // 2} px image lifted to the {imsize // spec.patch_size} x {imsize // spec.patch_size} "
+        f"grid of the {imsize} px image"
+    )
+    print(format_table(results, title))
+    if args.json:
+        payload = {"title": title, "results": {k: {"mean": m, "std": s} for k, (m, s) in results.items()}}
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+    if any(math.isnan(mean) for mean, _ in results.values()):
+        return 1
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "fidelity", help="mean cosine similarity of 2x-upsampled features with the backbone's own 2x features",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--backbone", required=True, help="registry backbone the LiFT was trained for")
+    add("--lift", required=True, metavar="CKPT", help="trained LiFT (safetensors from lift_rt.train, or the authors' .pth)")
+    add("--data", required=True, help="folder tree of held-out images")
+    add("--rc", default=None, metavar="CKPT", help="trained resize-conv (lift_rt.train --upsampler rc); "
+        "without it rc is evaluated untrained (identity-initialised: nearest followed by the identity conv)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--backbone-weights", default=None, metavar="F", help="the backbone's official checkpoint file")
+    weights.add_argument("--random-init", action="store_true", help="random backbone, as the checkpoint was trained with")
+    add("--seed", type=int, default=None, help="seed of a random backbone (default: the one stored in the checkpoint)")
+    add("--facet", choices=FACETS, default=None, help="backbone facet (default: the checkpoint's, else the backbone's)")
+    add("--layer", type=int, default=None, help="backbone block (default: the checkpoint's, else the last)")
+    add("--imsize", type=int, default=None, help="evaluation size S (default: the checkpoint's training size, else 448)")
+    add("--batch", type=int, default=8, help="images per forward pass (default 8)")
+    add("--workers", type=int, default=0, help="data-loading processes (default 0)")
+    add("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    add("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    parser.set_defaults(func=run)

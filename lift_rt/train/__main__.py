@@ -1,0 +1,75 @@
+"""``python -m lift_rt.train``: train a LiFT (or another learned upsampler) on a folder of images.
+
+Single process: ``python -m lift_rt.train --backbone dino_s16 --data /imagenet/train``.
+Several GPUs / machines: ``torchrun --nproc_per_node 4 -m lift_rt.train ...`` (``--batch`` is the
+global batch, split over the processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lift_rt.backbones import BACKBONES, FACETS
+from lift_rt.train.losses import LOSSES
+from lift_rt.train.loop import TrainConfig, train
+from lift_rt.train.models import trainable_upsamplers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lift_rt.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--backbone", required=True, choices=sorted(BACKBONES), help="frozen ViT whose features LiFT learns to lift")
+    add("--data", required=True, help="folder tree of images (any depth; unreadable files are skipped and counted)")
+    add("--facet", choices=FACETS, default=None, help="backbone feature: key (default), query, value or token")
+    add("--layer", type=int, default=None, help="block the features come from, 0-based (default: the last)")
+    add("--upsampler", choices=trainable_upsamplers(), default="lift",
+        help="what to train: lift (default) or rc (the resize-conv baseline, same loop and loss)")
+    add("--no-image", dest="use_image", action="store_false",
+        help="'No Img.' ablation: LiFT without its image branch, seeing the features alone")
+    add("--loss", choices=sorted(LOSSES), default="cos",
+        help="cos: mean over positions of 1 - cosine similarity (the paper's); l1 / l2: ablations")
+    add("--epochs", type=int, default=5, help="passes over the data (default 5)")
+    add("--batch", type=int, default=None,
+        help="global batch size, split over torchrun processes (default: 256 for /16 backbones, 64 for /8)")
+    add("--lr", type=float, default=1e-3, help="Adam learning rate, constant, no weight decay (default 1e-3)")
+    add("--imsize", type=int, default=448,
+        help="images are squashed to imsize x imsize; the loss uses them at 1, 1/2 and 1/4 of it (default 448)")
+    add("--color-jitter", type=float, default=0.0,
+        help="brightness/contrast/saturation jitter strength (default 0: off; the paper's optional value is 0.2)")
+    add("--out", default="runs/lift",
+        help="output folder: epochN.safetensors (+ .state.pt resume state) each epoch, interrupted.* on Ctrl-C, "
+             "log.jsonl (default runs/lift)")
+    add("--resume", default=None, metavar="F", help="continue from checkpoint F (its F.state.pt must sit next to it)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--backbone-weights", default=None, metavar="F",
+                         help="the backbone's official checkpoint file (default: the Hugging Face cache)")
+    weights.add_argument("--random-init", action="store_true",
+                         help="randomly initialised backbone, drawn from --seed (for tests and demos)")
+    add("--workers", type=int, default=4, help="data-loading processes per training process (default 4)")
+    add("--seed", type=int, default=0, help="seeds LiFT's init, the data order, the jitter and a random backbone")
+    add("--device", default=None, help="cpu, cuda or cuda:N (default: this process's GPU if any, else cpu)")
+    add("--max-steps", type=int, default=None, help="stop after this many steps in all (saves stepN.safetensors)")
+    add("--no-amp", dest="amp", action="store_false", help="on GPU, train in fp32 instead of bf16 autocast")
+    add("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = TrainConfig(**vars(args))
+    except ValueError as exc:
+        parser.error(str(exc))
+    path = train(config)
+    if path is None:
+        return 0
+    print(f"saved {path}")
+    return 130 if path.name.startswith("interrupted") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""The training loop: one process, or one per GPU under ``torchrun`` (DistributedDataParallel).
+
+Data order is a seeded permutation per epoch, dealt round-robin to the ranks,
+so the global batch of step t is the same whatever the number of processes.
+``batch`` is the global batch (split evenly over the ranks). Rank 0 alone
+writes the progress bar, the JSONL log and the checkpoints.
+
+Interruption: SIGINT / SIGTERM set a flag; every rank sees it at the next step
+boundary (it travels with the all-reduced loss), the run saves
+``interrupted.safetensors`` and stops. A second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lift_rt.backbones import get_spec
+from lift_rt.data import ImageFolder
+from lift_rt.pipeline import LiftPipeline
+from lift_rt.train.losses import TwoScaleObjective, get_loss
+from lift_rt.train.models import build_frozen_backbone, build_trainable
+from lift_rt.train.state import Position, load_training_checkpoint, save_training_checkpoint
+
+# Settings that define a run: a resume must use the same values.
+RUN_SETTINGS: tuple[str, ...] = (
+    "backbone", "facet", "layer", "upsampler", "use_image", "loss", "batch", "lr", "imsize",
+    "backbone_weights", "random_init", "seed", "color_jitter",
+)
+
+
+@dataclass
+class TrainConfig:
+    """One training run; defaults are the paper's (see ``python -m lift_rt.train --help``)."""
+
+    backbone: str
+    data: str
+    facet: str | None = None
+    layer: int | None = None
+    upsampler: str = "lift"
+    use_image: bool = True
+    loss: str = "cos"
+    epochs: int = 5
+    batch: int | None = None
+    lr: float = 1e-3
+    imsize: int = 448
+    out: str = "runs/lift"
+    resume: str | None = None
+    backbone_weights: str | None = None
+    random_init: bool = False
+    workers: int = 4
+    seed: int = 0
+    device: str | None = None
+    color_jitter: float = 0.0
+    max_steps: int | None = None
+    amp: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        spec = get_spec(self.backbone)
+        self.facet = self.facet or spec.facet
+        self.layer = spec.layer if self.layer is None else self.layer
+        if self.batch is None:
+            self.batch = default_batch(spec.patch_size)
+        get_loss(self.loss)
+        granule = 4 * spec.patch_size
+        if self.imsize <= 0 or self.imsize % granule:
+            raise ValueError(
+                f"--imsize {self.imsize}: must be a multiple of 4 x patch = {granule} for {spec.name} "
+                f"(the loss decimates the image by 2 and 4), e.g. {max(granule, self.imsize // granule * granule)}"
+            )
+        for name in ("epochs", "batch"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"--max-steps must be positive, got {self.max_steps}")
+        if self.backbone_weights is not None and self.random_init:
+            raise ValueError("pass either --backbone-weights or --random-init, not both")
+
+    def settings(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in RUN_SETTINGS}
+
+
+def default_batch(patch_size: int) -> int:
+    """The paper's global batch: 256 for /16 backbones, 64 for /8 (4x the tokens per image)."""
+    return 256 if patch_size >= 16 else 64
+
+
+class ShardSampler(torch.utils.data.Sampler[int]):
+    """This rank's share of a seeded per-epoch permutation: ``perm[rank::world]``, equal lengths.
+
+    :meth:`set_epoch` picks the permutation (``seed + epoch``) and how many of
+    this rank's leading samples to skip (a resumed epoch).
+    """
+
+    def __init__(self, size: int, rank: int, world: int, seed: int) -> None:
+        self.size, self.rank, self.world, self.seed = size, rank, world, seed
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[int]:
+        perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        share = perm[self.rank :: self.world][: self.size // self.world]
+        return iter(share[self.skip :])
+
+    def __len__(self) -> int:
+        return max(0, self.size // self.world - self.skip)
+
+
+def _ignore_sigint(_: int) -> None:
+    """Loader workers leave Ctrl-C to the main process, which saves and stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@dataclass
+class Distributed:
+    """Process-group facts: rank, world size, device."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @classmethod
+    def setup(cls, device: str | None) -> "Distributed":
+        """Join the ``torchrun`` process group if its environment is set (nccl on CUDA, else gloo)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device is None:
+            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"--device {device}: CUDA is not available on this machine")
+            if dev.index is None:
+                dev = torch.device("cuda", local)
+            torch.cuda.set_device(dev)
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        return cls(rank=rank, world=world, device=dev)
+
+    def teardown(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class Trainer:
+    """Builds everything a run needs from a :class:`TrainConfig`; :meth:`fit` runs it."""
+
+    def __init__(self, config: TrainConfig, env: Distributed | None = None) -> None:
+        self.config = config
+        self.env = env or Distributed.setup(config.device)
+        env, device = self.env, self.env.device
+        if config.batch % env.world:
+            raise ValueError(f"--batch {config.batch} must be divisible by the number of processes ({env.world})")
+        self.per_rank = config.batch // env.world
+        self.out = Path(config.out)
+        self.dataset = ImageFolder(config.data, config.imsize, jitter=config.color_jitter, seed=config.seed)
+        if len(self.dataset) < config.batch:
+            raise ValueError(
+                f"{config.data} holds {len(self.dataset)} images, fewer than one batch of {config.batch}; lower --batch"
+            )
+        self.sampler = ShardSampler(len(self.dataset), env.rank, env.world, config.seed)
+        self.steps_per_epoch = len(self.dataset) // env.world // self.per_rank
+
+        backbone = build_frozen_backbone(
+            config.backbone, weights=config.backbone_weights, random_init=config.random_init,
+            facet=config.facet, layer=config.layer, seed=config.seed,
+        )
+        self.normaliser = LiftPipeline(backbone, lift=None).to(device)
+        torch.manual_seed(config.seed)
+        self.model = build_trainable(config.upsampler, config.backbone, use_image=config.use_image).to(device)
+        self.objective = TwoScaleObjective(self.model, self.normaliser.backbone, config.loss).train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.position = Position()
+        if config.resume:
+            self.position = self._resume(config.resume)
+        self.ddp = (
+            nn.parallel.DistributedDataParallel(self.objective, device_ids=[device.index] if device.type == "cuda" else None)
+            if env.active
+            else self.objective
+        )
+        self.amp = config.amp and device.type == "cuda"
+
+        self.stop_requested = False
+
+    def _resume(self, path: str) -> Position:
+        position, settings = load_training_checkpoint(path, self.model, self.optimizer)
+        current = self.config.settings()
+        changed = {k: (settings.get(k), current[k]) for k in RUN_SETTINGS if settings.get(k) != current[k]}
+        if changed:
+            listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(f"--resume {path}: this run's settings differ from the checkpoint's ({listing})")
+        return position
+
+    # ---- one step -------------------------------------------------------------------------
+    def step(self, images: torch.Tensor, skipped: int = 0) -> torch.Tensor:
+        """One optimisation step on this rank's ``B x 3 x S x S`` images in [0, 1].
+
+        ``skipped``: unreadable files met while loading them. Returns
+        ``[total, loss_2x_half, loss_2x_quarter, skipped, stop]`` summed over ranks
+        (divide the losses by the world size).
+        """
+        image = self.normaliser.normalise(images.to(self.env.device, non_blocking=True))
+        with torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            total, half, quarter = self.ddp(image)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        flags = torch.tensor([float(skipped), float(self.stop_requested)], device=total.device)
+        report = torch.cat([torch.stack([total.detach().float(), half.float(), quarter.float()]), flags])
+        if self.env.active:
+            dist.all_reduce(report)
+        if not torch.isfinite(report[0]):  # after the reduction, so every rank stops together
+            raise FloatingPointError(f"the loss became {report[0].item()} at step {self.position.step + 1}; lower --lr")
+        return report
+
+    # ---- the run ----------------------------------------------------------------------------
+    def fit(self) -> Path | None:
+        """Train to ``epochs`` (or ``max_steps``); returns the last checkpoint written (rank 0) or None."""
+        config, env = self.config, self.env
+        is_main = env.rank == 0
+        log = None
+        if is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            log = open(self.out / "log.jsonl", "a", encoding="utf-8")
+            self._log(log, event="start", world_size=env.world, device=str(env.device), position=asdict(self.position),
+                      steps_per_epoch=self.steps_per_epoch, config=asdict(config))
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in signals}
+        last = None
+        try:
+            last = self._epochs(log)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if log is not None:
+                log.close()
+        return last
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.stop_requested:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
+    def _loader(self, epoch: int, skip_batches: int) -> torch.utils.data.DataLoader:
+        self.sampler.set_epoch(epoch, skip_batches * self.per_rank)
+        self.dataset.set_epoch(epoch)
+        workers = self.config.workers
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.per_rank, sampler=self.sampler, num_workers=workers, drop_last=True,
+            pin_memory=self.env.device.type == "cuda", worker_init_fn=_ignore_sigint if workers else None,
+        )
+
+    def _epochs(self, log) -> Path | None:
+        config, env, pos = self.config, self.env, self.position
+        last = None
+        while pos.epoch < config.epochs:
+            bar = _progress(self.steps_per_epoch, pos.batch, f"epoch {pos.epoch + 1}/{config.epochs}",
+                            enabled=config.progress and env.rank == 0)
+            tick, rate = time.perf_counter(), None
+            for images, skipped in self._loader(pos.epoch, pos.batch):
+                report = self.step(images, int(skipped.sum())).tolist()
+                pos.batch += 1
+                pos.step += 1
+                total, half, quarter = (value / env.world for value in report[:3])
+                pos.skipped += int(report[3])
+                stop = report[4] > 0
+                now = time.perf_counter()
+                speed = config.batch / (now - tick)
+                rate = speed if rate is None else 0.9 * rate + 0.1 * speed
+                tick = now
+                if log is not None:
+                    self._log(log, event="step", step=pos.step, epoch=pos.epoch + 1, loss=total, loss_half=half,
+                              loss_quarter=quarter, images_per_s=speed, skipped=pos.skipped)
+                extra = {"skipped": pos.skipped} if pos.skipped else {}
+                bar.set_postfix(loss=f"{total:.4f}", img_s=f"{rate:.1f}", **extra)
+                bar.update(1)
+                if stop:
+                    bar.close()
+                    return self._save("interrupted", log, event="interrupted")
+                if config.max_steps is not None and pos.step >= config.max_steps:
+                    bar.close()
+                    return self._save(f"step{pos.step}", log)
+            bar.close()
+            pos.epoch += 1
+            pos.batch = 0
+            last = self._save(f"epoch{pos.epoch}", log)
+        return last
+
+    def _save(self, tag: str, log, event: str = "checkpoint") -> Path | None:
+        """Rank 0 writes ``out/<tag>.safetensors`` (+ sidecar); all ranks wait for it."""
+        path = None
+        if self.env.rank == 0:
+            config = self.config
+            meta = {
+                "upsampler": config.upsampler, "layer": str(config.layer), "random_init": str(int(config.random_init)),
+                "backbone_seed": str(config.seed), "imsize": str(config.imsize), "loss": config.loss,
+            }
+            path = save_training_checkpoint(self.out / f"{tag}.safetensors", self.model, self.optimizer,
+                                            self.position, config.settings(), meta)
+            self._log(log, event=event, path=str(path), step=self.position.step, skipped=self.position.skipped)
+        if self.env.active:
+            dist.barrier()
+        return path
+
+    @staticmethod
+    def _log(log, **entry: Any) -> None:
+        if log is not None:
+            log.write(json.dumps({"time": time.time(), **entry}) + "\n")
+            log.flush()
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
+
+
+def train(config: TrainConfig) -> Path | None:
+    """Run ``config`` in this process (joining torchrun's group if launched by it); returns the last checkpoint."""
+    trainer = Trainer(config)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.env.teardown()

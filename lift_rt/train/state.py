@@ -1,0 +1,100 @@
+"""Training checkpoints: weights as safetensors, resume state in a sidecar.
+
+``NAME.safetensors`` holds the upsampler's weights and buffers (written by
+:func:`lift_rt.checkpoint.save_lift`, metadata: backbone, facet, upsampler,
+layer, random_init, backbone_seed, imsize, loss, epoch, step) and is all
+inference needs. ``NAME.state.pt`` next to it holds what resuming needs on top:
+the optimizer state, the position in the data (epoch, batches done in it,
+global step), the RNG states and the run's settings (checked on resume).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lift_rt.checkpoint import read_lift_state, save_lift
+
+SIDECAR_SUFFIX = ".state.pt"
+
+
+def sidecar_path(weights: str | os.PathLike) -> Path:
+    """``run/epoch3.safetensors`` -> ``run/epoch3.state.pt``."""
+    weights = Path(weights)
+    return weights.with_name(weights.name.removesuffix(".safetensors") + SIDECAR_SUFFIX)
+
+
+@dataclass
+class Position:
+    """Where a run stands: ``epoch`` (0-based, in progress), ``batch`` (batches done in it), ``step`` (global),
+    ``skipped`` (unreadable image files met so far, all ranks)."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    skipped: int = 0
+
+
+def rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_training_checkpoint(
+    path: str | os.PathLike,
+    upsampler: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    position: Position,
+    settings: dict[str, Any],
+    metadata: dict[str, str],
+) -> Path:
+    """Write ``path`` (safetensors weights) and its sidecar; returns ``path``.
+
+    ``settings`` must hold ``backbone`` and ``facet``; ``metadata`` is added to
+    the safetensors header as strings.
+    """
+    path = Path(path)
+    extra = {**metadata, "epoch": str(position.epoch), "step": str(position.step)}
+    save_lift(upsampler, path, backbone=settings["backbone"], facet=settings["facet"], extra=extra)
+    sidecar = {
+        "optimizer": optimizer.state_dict(),
+        "position": vars(position).copy(),
+        "settings": dict(settings),
+        "rng": rng_states(),
+    }
+    tmp = sidecar_path(path).with_suffix(".tmp")
+    torch.save(sidecar, tmp)
+    os.replace(tmp, sidecar_path(path))
+    return path
+
+
+def load_training_checkpoint(
+    path: str | os.PathLike, upsampler: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[Position, dict[str, Any]]:
+    """Restore weights, optimizer and RNG states from ``path`` and its sidecar; returns (position, settings)."""
+    path = Path(path)
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise FileNotFoundError(f"cannot resume from {path}: its resume state {side} is missing")
+    state, _ = read_lift_state(path)
+    try:
+        upsampler.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path} does not fit this run's upsampler: {exc}") from exc
+    sidecar = torch.load(side, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(sidecar["optimizer"])
+    set_rng_states(sidecar["rng"])
+    return Position(**sidecar["position"]), sidecar["settings"]

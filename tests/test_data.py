@@ -1,0 +1,119 @@
+"""Image-folder dataset: recursive scan, squashing, unreadable files, seeded jitter, sample images."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lift_rt.data import ImageFolder, SAMPLE_SOURCES, color_jitter, find_images, load_image, write_sample_images
+
+
+def _write(path, size=(40, 30), mode="RGB", seed=0):
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode).save(path)
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    _write(tmp_path / "a.png")
+    _write(tmp_path / "sub" / "b.JPG", size=(50, 20), seed=1)
+    _write(tmp_path / "sub" / "deeper" / "c.png", mode="L", seed=2)
+    _write(tmp_path / "sub" / "d.png", mode="RGBA", seed=3)
+    (tmp_path / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+def test_find_images_is_recursive_sorted_and_ignores_other_files(tree):
+    names = [p.relative_to(tree).as_posix() for p in find_images(tree)]
+    assert names == ["a.png", "sub/b.JPG", "sub/d.png", "sub/deeper/c.png"]
+
+
+def test_find_images_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_images(tmp_path / "missing")
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(ValueError, match="no images"):
+        find_images(tmp_path)
+
+
+def test_images_are_squashed_rgb_in_unit_range(tree):
+    dataset = ImageFolder(tree, 32)
+    assert len(dataset) == 4
+    for index in range(len(dataset)):
+        image, skipped = dataset[index]
+        assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and skipped == 0
+        assert 0.0 <= image.min() and image.max() <= 1.0
+    gray, _ = dataset[3]  # the L-mode file: three equal channels
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+
+
+def test_load_image_keeps_content_of_a_constant_image(tmp_path):
+    Image.new("RGB", (20, 10), (255, 128, 0)).save(tmp_path / "c.png")
+    image = load_image(tmp_path / "c.png", 8)
+    expected = torch.tensor([255, 128, 0]).float().div(255).view(3, 1, 1).expand(3, 8, 8)
+    torch.testing.assert_close(image, expected)
+
+
+def test_unreadable_files_are_skipped_with_a_warning_and_counted(tree):
+    (tree / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    dataset = ImageFolder(tree, 16)
+    broken = [p.name for p in dataset.files].index("broken.png")
+    with pytest.warns(UserWarning, match="skipping unreadable image .*broken.png"):
+        image, skipped = dataset[broken]
+    assert skipped == 1
+    torch.testing.assert_close(image, dataset[broken + 1][0])  # replaced by the next readable file
+    loader = torch.utils.data.DataLoader(dataset, batch_size=len(dataset))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        images, counts = next(iter(loader))
+    assert images.shape == (5, 3, 16, 16) and int(counts.sum()) == 1
+
+
+def test_all_files_unreadable_is_an_error(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"junk")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match="could be read"):
+            ImageFolder(tmp_path, 8)[0]
+
+
+def test_bad_arguments(tree):
+    with pytest.raises(ValueError, match="size"):
+        ImageFolder(tree, 0)
+    with pytest.raises(ValueError, match="jitter"):
+        ImageFolder(tree, 8, jitter=1.5)
+
+
+def test_jitter_is_a_function_of_seed_epoch_and_index(tree):
+    plain = ImageFolder(tree, 16)
+    jittered = ImageFolder(tree, 16, jitter=0.2, seed=0)
+    again = ImageFolder(tree, 16, jitter=0.2, seed=0)
+    first = jittered[0][0]
+    assert not torch.equal(first, plain[0][0])
+    assert torch.equal(first, again[0][0])
+    assert torch.equal(first, jittered[0][0])  # no hidden state consumed
+    jittered.set_epoch(1)
+    assert not torch.equal(first, jittered[0][0])
+    assert 0.0 <= first.min() and first.max() <= 1.0
+
+
+def test_color_jitter_of_zero_strength_is_identity():
+    image = torch.rand(3, 8, 8)
+    torch.testing.assert_close(color_jitter(image, 0.0, torch.Generator().manual_seed(0)), image)
+
+
+def test_sample_images_split_by_source_photo(tmp_path):
+    folders = write_sample_images(tmp_path, crops=1, size=32)
+    assert set(SAMPLE_SOURCES["train"]).isdisjoint(SAMPLE_SOURCES["heldout"])
+    for split, folder in folders.items():
+        files = find_images(folder)
+        assert [f.stem for f in files] == sorted(f"{name}_0" for name in SAMPLE_SOURCES[split])
+        with Image.open(files[0]) as image:
+            assert image.size == (32, 32) and image.mode == "RGB"

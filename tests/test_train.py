@@ -1,0 +1,287 @@
+"""LiFT training: the loss, the ablation switches, the log, checkpoints, exact resume, Ctrl-C, DDP.
+
+Runs use scikit-image photo crops and a randomly initialised ViT-S/16 cut after
+block 0, at 64 px (feature grids 4, 2 and 1), so each run takes a second or two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lift_rt.backbones import get_spec
+from lift_rt.checkpoint import load_lift, read_lift_state
+from lift_rt.data import write_sample_images
+from lift_rt.model import LiFT
+from lift_rt.train import (
+    TrainConfig, Trainer, build_trainable, cosine_loss, default_batch, load_upsampler, sidecar_path, two_scale_loss,
+)
+from lift_rt.train.__main__ import build_parser, main
+from lift_rt.train.losses import l1_loss, l2_loss
+from lift_rt.upsamplers import ResizeConv
+
+TINY = dict(backbone="dino_s16", random_init=True, layer=0, imsize=64, batch=4, workers=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """8 training crops (2 steps per epoch at batch 4)."""
+    return write_sample_images(tmp_path_factory.mktemp("data"), crops=1, size=64)["train"]
+
+
+def tiny_config(images: Path, out: Path, **overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY, "data": str(images), "out": str(out), **overrides})
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def state_of(path: Path) -> dict[str, torch.Tensor]:
+    return read_lift_state(path)[0]
+
+
+# ---- the loss ---------------------------------------------------------------------------------
+def test_cosine_loss_is_mean_over_positions_of_one_minus_cosine():
+    pred, target = torch.randn(2, 5, 3, 4), torch.randn(2, 5, 3, 4)
+    manual = 1 - (pred * target).sum(1) / (pred.norm(dim=1) * target.norm(dim=1))
+    torch.testing.assert_close(cosine_loss(pred, target), manual.mean())
+    assert cosine_loss(target, target).abs() < 1e-6
+    torch.testing.assert_close(cosine_loss(3.0 * target, target), torch.tensor(0.0), atol=1e-6, rtol=0)  # scale-free
+    torch.testing.assert_close(l1_loss(pred, target), (pred - target).abs().mean())
+    torch.testing.assert_close(l2_loss(pred, target), ((pred - target) ** 2).mean())
+    with pytest.raises(ValueError, match="differ in shape"):
+        cosine_loss(pred, target[:, :, :2])
+
+
+class PatchMean(nn.Module):
+    """Stand-in backbone: per-patch mean colour tiled to C channels (B x C x H/p x W/p)."""
+
+    def __init__(self, patch: int = 16, dim: int = 6) -> None:
+        super().__init__()
+        self.patch, self.dim = patch, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, self.patch).repeat(1, self.dim // 3, 1, 1)
+
+
+class Recorder(nn.Module):
+    """Stand-in upsampler: records its inputs, answers with bilinear 2x plus a learnable offset."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = nn.Parameter(torch.zeros(()))
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, image, feats):
+        self.calls.append((image, feats))
+        return F.interpolate(feats, scale_factor=2.0, mode="bilinear") + self.offset
+
+
+def test_two_scale_loss_follows_the_recipe():
+    backbone, up = PatchMean(), Recorder()
+    image = torch.randn(2, 3, 128, 128)
+    total, half, quarter = two_scale_loss(up, backbone, image, l2_loss)
+    (img_a, feat_a), (img_b, feat_b) = up.calls
+    assert torch.equal(img_a, image[:, :, ::2, ::2]) and torch.equal(img_b, image[:, :, ::4, ::4])
+    assert torch.equal(feat_a, backbone(image[:, :, ::2, ::2])) and torch.equal(feat_b, backbone(image[:, :, ::4, ::4]))
+    expected_half = l2_loss(F.interpolate(feat_a, scale_factor=2.0, mode="bilinear"), backbone(image))
+    expected_quarter = l2_loss(F.interpolate(feat_b, scale_factor=2.0, mode="bilinear"), feat_a)
+    torch.testing.assert_close(half, expected_half)
+    torch.testing.assert_close(quarter, expected_quarter)
+    torch.testing.assert_close(total, half + quarter)
+    total.backward()
+    assert up.offset.grad is not None and not feat_a.requires_grad  # targets carry no gradient
+
+
+# ---- settings and ablation switches -----------------------------------------------------------
+def test_paper_defaults_and_help():
+    parser = build_parser()
+    args = parser.parse_args(["--backbone", "dino_s16", "--data", "x"])
+    config = TrainConfig(**vars(args))
+    assert (config.epochs, config.lr, config.imsize, config.loss, config.seed) == (5, 1e-3, 448, "cos", 0)
+    assert (config.facet, config.layer, config.batch, config.use_image, config.upsampler) == ("key", 11, 256, True, "lift")
+    assert default_batch(8) == 64 and default_batch(16) == 256
+    help_text = parser.format_help()
+    for option in ("--facet", "--loss", "--no-image", "--epochs", "--batch", "--lr", "--imsize", "--out", "--resume",
+                   "--backbone-weights", "--random-init", "--workers", "--seed", "--device", "--color-jitter", "--upsampler"):
+        assert option in help_text
+
+
+def test_ablation_switches_build_the_right_model(images, tmp_path):
+    parser = build_parser()
+    args = parser.parse_args(["--backbone", "dino_s16", "--data", str(images), "--no-image", "--loss", "l1"])
+    assert args.use_image is False and args.loss == "l1"
+    no_image = build_trainable("lift", "dino_s16", use_image=False)
+    assert isinstance(no_image, LiFT) and not no_image.use_image and not hasattr(no_image, "image_convs_1")
+    assert isinstance(build_trainable("rc", "dino_s16"), ResizeConv)
+    with pytest.raises(ValueError, match="LiFT only"):
+        build_trainable("rc", "dino_s16", use_image=False)
+    with pytest.raises(ValueError, match="no parameters"):
+        build_trainable("bilinear", "dino_s16")
+    trainer = Trainer(tiny_config(images, tmp_path, use_image=False, loss="l2"))
+    assert trainer.objective.loss is l2_loss and not trainer.model.use_image
+    assert not any(p.requires_grad for p in trainer.objective.backbone.parameters())
+    trainer.objective.train()
+    assert not trainer.objective.backbone.training and trainer.model.training
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [(dict(imsize=96), "multiple of 4 x patch"), (dict(loss="huber"), "unknown loss"), (dict(batch=0), "positive"),
+     (dict(lr=-1.0), "--lr"), (dict(batch=64), "fewer than one batch")],
+)
+def test_bad_settings_are_clear_errors(images, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(tiny_config(images, tmp_path, **overrides))
+
+
+def test_a_non_finite_loss_stops_the_run(images, tmp_path):
+    trainer = Trainer(tiny_config(images, tmp_path, upsampler="rc"))
+    nan = torch.tensor(float("nan"), requires_grad=True)
+    trainer.ddp = lambda image: (nan * 1.0, nan.detach(), nan.detach())
+    with pytest.raises(FloatingPointError, match="loss became nan at step 1"):
+        trainer.fit()
+
+
+def test_cli_rejects_bad_settings(images, capsys):
+    with pytest.raises(SystemExit):
+        main(["--backbone", "dino_s16", "--data", str(images), "--imsize", "100", "--random-init"])
+    assert "multiple of 4 x patch" in capsys.readouterr().err
+
+
+# ---- a run: log, checkpoints, exact resume, interruption ---------------------------------------
+@pytest.fixture(scope="module")
+def straight(images, tmp_path_factory) -> Path:
+    """4 uninterrupted steps (2 epochs) of the 'No Img.' LiFT with the L1 loss."""
+    out = tmp_path_factory.mktemp("straight")
+    Trainer(tiny_config(images, out, epochs=2, use_image=False, loss="l1")).fit()
+    return out
+
+
+def test_log_has_one_finite_loss_per_step(straight):
+    log = read_log(straight)
+    steps = [entry for entry in log if entry["event"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4] and [e["epoch"] for e in steps] == [1, 1, 2, 2]
+    for entry in steps:
+        assert torch.isfinite(torch.tensor(entry["loss"])) and entry["images_per_s"] > 0 and entry["skipped"] == 0
+        assert entry["loss"] == pytest.approx(entry["loss_half"] + entry["loss_quarter"], rel=1e-6)
+    assert log[0]["event"] == "start" and log[0]["config"]["loss"] == "l1"
+    assert [e["path"] for e in log if e["event"] == "checkpoint"] == [str(straight / f"epoch{i}.safetensors") for i in (1, 2)]
+
+
+def test_epoch_checkpoint_loads_with_its_metadata(straight):
+    path = straight / "epoch2.safetensors"
+    assert sidecar_path(path).is_file()
+    lift, meta = load_upsampler(path, backbone="dino_s16")
+    assert isinstance(lift, LiFT) and not lift.use_image
+    assert meta["upsampler"] == "lift" and meta["layer"] == "0" and meta["random_init"] == "1" and meta["step"] == "4"
+    assert meta["loss"] == "l1" and meta["imsize"] == "64" and meta["facet"] == "key"
+    load_lift(path, backbone="dino_s16")  # the runtime's own loader reads it too
+    with pytest.raises(ValueError, match="dino_s16"):
+        load_upsampler(path, backbone="dino_s8")
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    state_a, state_b = state_of(a), state_of(b)
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
+    opt_a = torch.load(sidecar_path(a), weights_only=True)["optimizer"]["state"]
+    opt_b = torch.load(sidecar_path(b), weights_only=True)["optimizer"]["state"]
+    for index in opt_a:
+        for name in opt_a[index]:
+            assert torch.equal(opt_a[index][name], opt_b[index][name])
+
+
+def test_resume_mid_epoch_equals_the_uninterrupted_run(straight, images, tmp_path):
+    config = dict(epochs=2, use_image=False, loss="l1")
+    Trainer(tiny_config(images, tmp_path, max_steps=3, **config)).fit()
+    assert (tmp_path / "step3.safetensors").is_file()
+    Trainer(tiny_config(images, tmp_path, resume=str(tmp_path / "step3.safetensors"), **config)).fit()
+    assert_same_run(straight / "epoch2.safetensors", tmp_path / "epoch2.safetensors")
+    losses = {e["step"]: e["loss"] for e in read_log(straight) if e["event"] == "step"}
+    resumed = [e for e in read_log(tmp_path) if e["event"] == "step"]
+    assert [e["step"] for e in resumed] == [1, 2, 3, 4]
+    assert all(e["loss"] == losses[e["step"]] for e in resumed)
+
+
+def test_resume_refuses_other_settings_or_a_missing_state(straight, images, tmp_path):
+    with pytest.raises(ValueError, match=r"loss: 'l1' -> 'cos'"):
+        Trainer(tiny_config(images, tmp_path, use_image=False, resume=str(straight / "epoch1.safetensors")))
+    lone = tmp_path / "lone.safetensors"
+    lone.write_bytes((straight / "epoch1.safetensors").read_bytes())
+    with pytest.raises(FileNotFoundError, match="resume state"):
+        Trainer(tiny_config(images, tmp_path, use_image=False, loss="l1", resume=str(lone)))
+
+
+def test_ctrl_c_saves_and_resume_finishes_the_same_run(straight, images, tmp_path, monkeypatch):
+    config = dict(epochs=2, use_image=False, loss="l1")
+    original = Trainer.step
+
+    def step_then_ctrl_c(self, *args):
+        if self.position.step == 0:  # Ctrl-C arrives during the first step
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
+    path = Trainer(tiny_config(images, tmp_path, **config)).fit()
+    assert path == tmp_path / "interrupted.safetensors" and read_lift_state(path)[1]["step"] == "1"
+    assert read_log(tmp_path)[-1]["event"] == "interrupted"
+    monkeypatch.setattr(Trainer, "step", original)
+    Trainer(tiny_config(images, tmp_path, resume=str(path), **config)).fit()
+    assert_same_run(straight / "epoch2.safetensors", tmp_path / "epoch2.safetensors")
+
+
+def test_cli_run_of_the_full_lift_counts_unreadable_files(images, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in sorted(images.iterdir())[:4]:
+        (data / path.name).write_bytes(path.read_bytes())
+    (data / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="broken.png"):
+        code = main(["--backbone", "dino_s16", "--data", str(data), "--random-init", "--layer", "0", "--imsize", "64",
+                     "--batch", "5", "--max-steps", "1", "--workers", "0", "--color-jitter", "0.2", "--out", str(out)])
+    assert code == 0 and "saved" in capsys.readouterr().out
+    assert [e["skipped"] for e in read_log(out) if e["event"] == "step"] == [1]
+    lift = load_lift(out / "step1.safetensors", backbone="dino_s16")
+    assert lift.use_image and lift.dim == get_spec("dino_s16").dim
+
+
+# ---- several processes ------------------------------------------------------------------------
+def test_torchrun_two_processes_match_one_process(images, tmp_path):
+    """DDP with gloo: 2 ranks x batch 2 train the resize-conv exactly like 1 process x batch 4.
+
+    (rc has no batch norm, whose statistics would differ per rank.)
+    """
+    common = ["--backbone", "dino_s16", "--data", str(images), "--random-init", "--layer", "0", "--imsize", "64",
+              "--batch", "4", "--upsampler", "rc", "--max-steps", "3", "--workers", "0", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lift_rt.train",
+         *common, "--out", str(tmp_path / "ddp")],
+        capture_output=True, text=True, env=env, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert main([*common, "--out", str(tmp_path / "single")]) == 0
+    ddp, single = state_of(tmp_path / "ddp" / "step3.safetensors"), state_of(tmp_path / "single" / "step3.safetensors")
+    moved = (single["conv.weight"] - ResizeConv(384, 16).conv.weight).abs().max()
+    assert moved > 2e-3  # 3 Adam steps of lr 1e-3
+    # Adam divides by sqrt(v): on near-zero gradients, the rank sum's different rounding
+    # shows up at ~1e-5 of the weights, far below the 3e-3 they moved.
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=0, atol=1e-4)
+    log = read_log(tmp_path / "ddp")
+    assert log[0]["world_size"] == 2 and sum(e["event"] == "start" for e in log) == 1  # rank 0 logs alone
+    single_losses = [e["loss"] for e in read_log(tmp_path / "single") if e["event"] == "step"]
+    assert [e["loss"] for e in log if e["event"] == "step"] == pytest.approx(single_losses, rel=1e-5)
