@@ -1,0 +1,49 @@
+"""Similarity-map grid: maps at the right resolutions, the query matches itself, the PNG is written."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lift_rt.eval.pck import build_feature_pipeline
+from lift_rt.viz import VIRIDIS, colormap, main, similarity_maps
+
+
+def test_colormap_spans_viridis():
+    rgb = colormap(np.array([[0.0, 0.5], [1.0, 0.25]]))
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
+    np.testing.assert_array_equal(rgb[0, 0], VIRIDIS[0])
+    np.testing.assert_array_equal(rgb[1, 0], VIRIDIS[-1])
+    assert (colormap(np.zeros((3, 3))) == VIRIDIS[0]).all()
+
+
+def test_similarity_maps_resolutions_and_self_match():
+    torch.manual_seed(0)
+    pipeline = build_feature_pipeline("dino_s16", "lift", random_init=True)
+    canvas = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    maps = similarity_maps(pipeline, canvas, (7.5, 23.5))  # centre of backbone cell (row 1, col 0)
+    assert {k: tuple(v.shape) for k, v in maps.items()} == {
+        "backbone": (4, 4), "bilinear": (8, 8), "backbone at 2x input": (8, 8), "LiFT": (8, 8)}
+    assert maps["backbone"][1, 0].item() == pytest.approx(1.0, abs=1e-5)
+    assert all(v.max() <= 1 + 1e-5 and v.min() >= -1 - 1e-5 for v in maps.values())
+
+
+def test_cli_writes_png(tmp_path):
+    out = tmp_path / "sim.png"
+    assert main(["similarity", "skimage:chelsea", "--point", "170,115", "--backbone", "dino_s16", "--random-init",
+                 "--size", "64", "--panel", "64", "--out", str(out)]) == 0
+    with Image.open(out) as png:
+        assert png.width == 5 * (64 + 8) + 8 and png.height > 64
+        assert len(np.unique(np.asarray(png.convert("RGB")).reshape(-1, 3), axis=0)) > 50
+
+
+def test_cli_errors(tmp_path):
+    with pytest.raises(ValueError, match="outside"):
+        main(["similarity", "skimage:chelsea", "--point", "500,10", "--random-init", "--out", str(tmp_path / "x.png")])
+    with pytest.raises(ValueError, match="--lift CKPT"):
+        main(["similarity", "skimage:chelsea", "--point", "5,10", "--backbone", "dino_s16", "--out", str(tmp_path / "x.png")])
+    with pytest.raises(FileNotFoundError):
+        main(["similarity", str(tmp_path / "missing.jpg"), "--point", "5,10", "--random-init"])
+    with pytest.raises(ValueError, match="multiple of 16"):
+        main(["similarity", "skimage:chelsea", "--point", "5,10", "--backbone", "dino_s16", "--random-init", "--size", "60",
+              "--out", str(tmp_path / "x.png")])
