@@ -85,8 +85,9 @@ BACKENDS: dict[str, str] = {
 }
 
 # Fastest first. On a GPU: the issue's order. On a CPU: measured by bench/test_bench_backends_cpu.py
-# (dino_s8, 224, batch 1, shared 2-core machine, 2 threads: onnxruntime 1.65-3.3x eager torch, which
-# stalls under load; 0.96x with 1 thread each; torch.compile 0.55-1.04x, so left out).
+# (dino_s8, 224, batch 1, fp32, 2-core Xeon with AVX-512). Quiet machine: onnxruntime 1.01x eager
+# torch, torch.compile 1.14x (both near the cores' fp32 peak). Loaded machine: onnxruntime 1.4-3.3x,
+# as eager torch stalls under contention. compile is left out: its first call per shape takes ~1 min.
 AUTO_ORDER_GPU: tuple[str, ...] = ("tensorrt", "triton", "compile", "onnxruntime", "torch")
 AUTO_ORDER_CPU: tuple[str, ...] = ("onnxruntime", "torch")
 

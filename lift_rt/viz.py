@@ -128,6 +128,7 @@ def parse_point(text: str) -> tuple[float, float]:
 
 def similarity_command(args: argparse.Namespace) -> int:
     from lift_rt.backbones import check_resolution, get_spec
+    from lift_rt.checkpoint import read_lift_state
     from lift_rt.eval.pck import build_feature_pipeline
 
     image = read_image(args.image)
@@ -136,15 +137,22 @@ def similarity_command(args: argparse.Namespace) -> int:
     if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
         raise ValueError(f"--point {x:g},{y:g} lies outside the {w} x {h} image")
     check_resolution(get_spec(args.backbone), args.size, args.size)
-    torch.manual_seed(args.seed)
-    pipeline = build_feature_pipeline(args.backbone, "lift", lift=args.lift, random_init=args.random_init, backbone_weights=args.backbone_weights)
+    # A LiFT trained against a random backbone (lift_rt.train --random-init) records that
+    # backbone's seed and layer: rebuild the very same one.
+    meta = read_lift_state(args.lift)[1] if args.lift else {}
+    layer = args.layer if args.layer is not None else (int(meta["layer"]) if "layer" in meta else None)
+    seed = args.seed if args.seed is not None else int(meta.get("backbone_seed", 0))
+    torch.manual_seed(seed)
+    pipeline = build_feature_pipeline(
+        args.backbone, "lift", lift=args.lift, random_init=args.random_init, backbone_weights=args.backbone_weights, layer=layer
+    )
     canvas, box = letterbox(image, args.size)
     point = tuple(box.points(np.array([[x, y]]))[0])
     maps = similarity_maps(pipeline, canvas, point)
     def weights(path: str | None) -> str:
         return Path(path).name if path else "RANDOM-INIT (untrained)"
 
-    footer = (f"{pipeline.spec.name} {pipeline.backbone.facet} facet, input {args.size}x{args.size}, point ({x:g}, {y:g}); "
+    footer = (f"{pipeline.spec.name} {pipeline.backbone.facet} facet (block {pipeline.backbone.layer}), input {args.size}x{args.size}, point ({x:g}, {y:g}); "
               f"backbone weights: {weights(args.backbone_weights)}; LiFT weights: {weights(args.lift)}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-init", action="store_true", help="random weights where none are given")
     p.add_argument("--size", type=int, default=224, help="input size S (the image is letterboxed to S x S)")
     p.add_argument("--panel", type=int, default=224, help="panel size in the PNG, pixels")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layer", type=int, default=None, help="backbone block (default: the LiFT checkpoint's, else the last)")
+    p.add_argument("--seed", type=int, default=None, help="seed of random weights (default: the checkpoint's backbone seed, else 0)")
     p.add_argument("--out", default="similarity.png")
     p.set_defaults(func=similarity_command)
     args = parser.parse_args(argv)

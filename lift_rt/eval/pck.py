@@ -307,6 +307,7 @@ def build_feature_pipeline(
     random_init: bool = False,
     backbone_weights: str | os.PathLike | None = None,
     iterations: int = 1,
+    layer: int | None = None,
 ):
     """The reference pipeline with any upsampler: ``"none"`` returns the backbone's own features.
 
@@ -321,7 +322,7 @@ def build_feature_pipeline(
 
     spec = get_spec(backbone)
     check_upsampler(spec.name, upsampler, lift=lift, random_init=random_init)
-    vit = build_backbone(spec, weights=backbone_weights, random_init=random_init and backbone_weights is None)
+    vit = build_backbone(spec, weights=backbone_weights, random_init=random_init and backbone_weights is None, layer=layer)
     if upsampler == "none":
         module = None
     elif upsampler == "lift" and lift is not None:
