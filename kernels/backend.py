@@ -30,7 +30,8 @@ class TritonBackend(Backend):
         from lift_rt.kernels.lift_head import TritonLiFT
 
         self.lift = TritonLiFT(fold_lift(pipeline.lift, self.dtype, self.device)) if pipeline.lift is not None else None
-        self.backbone = pipeline.backbone.to(self.device, self.dtype).eval()
+        pipeline.to(self.device)  # normalise() reads the pipeline's mean/std buffers
+        self.backbone = pipeline.backbone.to(self.dtype).eval()
         self.cuda_graph_max_batch = cuda_graph_max_batch
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 

@@ -293,6 +293,11 @@ def load_from_hub_cache(spec: BackboneSpec) -> nn.Module:
         )
     previous = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
+    # huggingface_hub reads the variable once, at import (timm has imported it by now): set its flag too.
+    hub_constants = _hub_constants()
+    previous_flag = getattr(hub_constants, "HF_HUB_OFFLINE", None)
+    if hub_constants is not None:
+        hub_constants.HF_HUB_OFFLINE = True
     try:
         return timm.create_model(spec.hub_tag, pretrained=True, num_classes=0, **spec.timm_kwargs)
     except Exception as exc:
@@ -305,10 +310,21 @@ def load_from_hub_cache(spec: BackboneSpec) -> nn.Module:
             f"or pass random_init=True for random weights."
         ) from exc
     finally:
+        if hub_constants is not None:
+            hub_constants.HF_HUB_OFFLINE = previous_flag
         if previous is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = previous
+
+
+def _hub_constants():
+    """``huggingface_hub.constants`` (its offline flag), or None where huggingface_hub is absent."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    return constants
 
 
 def build_backbone(

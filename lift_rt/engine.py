@@ -43,6 +43,8 @@ def build_pipeline(
     vit = build_backbone(spec, weights=backbone_weights, random_init=random_init and backbone_weights is None, facet=facet, layer=layer)
     if module.dim != spec.dim:
         raise ValueError(f"LiFT of width {module.dim} does not fit {spec.name} (width {spec.dim})")
+    if getattr(module, "patch_size", spec.patch_size) != spec.patch_size:
+        raise ValueError(f"LiFT for patch size {module.patch_size} does not fit {spec.name} (patch {spec.patch_size})")
     return LiftPipeline(vit, module.eval(), iterations=iterations).eval()
 
 

@@ -178,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="similarity.png")
     p.set_defaults(func=similarity_command)
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:  # bad inputs: a message, not a traceback
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -146,3 +146,21 @@ def test_corrupt_or_missing_backbone_file(tmp_path):
         build_backbone("dino_s16", weights=tmp_path / "absent.pth")
     with pytest.raises(ValueError, match="not both"):
         build_backbone("dino_s16", weights=bad, random_init=True)
+
+
+def test_hub_cache_lookup_is_offline(monkeypatch):
+    """huggingface_hub reads HF_HUB_OFFLINE at import: the lookup must switch its flag, never download."""
+    import timm
+    from huggingface_hub import constants
+
+    seen = []
+
+    def fake_create_model(*args, **kwargs):
+        seen.append(constants.is_offline_mode())
+        raise RuntimeError("not cached")
+
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    before = constants.HF_HUB_OFFLINE
+    with pytest.raises(WeightsNotFoundError, match="random_init=True"):
+        build_backbone("dino_s16")
+    assert seen == [True] and constants.HF_HUB_OFFLINE == before

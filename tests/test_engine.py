@@ -95,3 +95,10 @@ def test_auto_backend_says_which():
     engine = Engine("dino_s16", random_init=True, backend="auto", layer=0)
     assert engine.backend_name in {"torch", "onnxruntime", "compile", "triton", "tensorrt"}
     assert engine.backend_name in repr(engine)
+
+
+def test_lift_module_must_fit_the_backbone():
+    with pytest.raises(ValueError, match="width 768"):
+        Engine("dino_s16", lift=LiFT(768, 16), random_init=True, layer=0)
+    with pytest.raises(ValueError, match="patch size 8 does not fit dino_s16"):
+        Engine("dino_s16", lift=LiFT(384, 8), random_init=True, layer=0)

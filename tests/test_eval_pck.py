@@ -148,11 +148,23 @@ def test_cli_prints_table_1_layout(capsys):
     assert set(by_name) == {"none", "bilinear"} and all(len(v) == 4 and all(0 <= x <= 100 for x in v) for v in by_name.values())
 
 
-def test_cli_rejects_resolution_off_the_patch_grid():
-    with pytest.raises(ValueError, match="multiple of 16"):
-        eval_main(["pck", "--backbone", "dino_s16", "--random-init", "--resolutions", "56", "--dataset", "synthetic"])
+def test_cli_rejects_resolution_off_the_patch_grid(capsys):
+    assert eval_main(["pck", "--backbone", "dino_s16", "--random-init", "--resolutions", "56", "--dataset", "synthetic"]) == 2
+    assert "pck: error:" in (err := capsys.readouterr().err) and "multiple of 16" in err
 
 
-def test_cli_lift_without_weights_is_an_error():
-    with pytest.raises(ValueError, match="--lift CKPT"):
-        eval_main(["pck", "--backbone", "dino_s16", "--upsampler", "lift", "--resolutions", "32", "--backbone-weights", "/nonexistent.pth"])
+def test_cli_lift_without_weights_is_an_error(capsys):
+    assert eval_main(["pck", "--backbone", "dino_s16", "--upsampler", "lift", "--resolutions", "32", "--backbone-weights", "/nonexistent.pth"]) == 2
+    assert "--lift CKPT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--upsampler", "foo"], "unknown upsampler 'foo'"),
+    (["--dataset", "foo"], "unknown dataset 'foo'"),
+    (["--dataset", "spair:/nonexistent"], "does not look like SPair-71k"),
+    (["--backend", "tvm"], "unknown backend 'tvm'"),
+])
+def test_cli_bad_arguments_give_a_message(capsys, args, message):
+    code = eval_main(["pck", "--backbone", "dino_s16", "--random-init", "--resolutions", "32", "--upsampler", "none", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err

@@ -96,3 +96,16 @@ def test_backend_matches_torch_backend(batch):
     out = eng(images)
     assert_close(out, ref(images), torch.float32)
     assert_close(eng(images), out, torch.float32)  # graph replay is repeatable
+
+
+def test_backend_moves_the_whole_pipeline(monkeypatch):
+    """normalise() reads the pipeline's mean/std buffers: they must sit on the backend's device with the backbone."""
+    from lift_rt.engine import build_pipeline
+    from lift_rt.kernels.backend import TritonBackend
+
+    monkeypatch.setattr(TritonBackend, "unavailable_reason", classmethod(lambda cls, device: None))
+    pipeline = build_pipeline("dino_s16", random_init=True, layer=0)
+    backend = TritonBackend(pipeline, device=torch.device("meta"), precision="fp16")
+    buffers = [backend.pipeline.mean, backend.pipeline.std, *backend.backbone.parameters()]
+    assert all(t.device.type == "meta" for t in buffers)
+    assert all(p.dtype == torch.float16 for p in backend.backbone.parameters())

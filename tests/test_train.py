@@ -159,6 +159,14 @@ def test_cli_rejects_bad_settings(images, capsys):
     assert "multiple of 4 x patch" in capsys.readouterr().err
 
 
+def test_cli_bad_data_gives_a_message(images, tmp_path, capsys):
+    common = ["--backbone", "dino_s16", "--random-init", "--layer", "0", "--imsize", "64", "--out", str(tmp_path / "run")]
+    assert main([*common, "--data", str(tmp_path / "absent")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*common, "--data", str(images), "--batch", "100000"]) == 2
+    assert "fewer than one batch" in capsys.readouterr().err
+
+
 # ---- a run: log, checkpoints, exact resume, interruption ---------------------------------------
 @pytest.fixture(scope="module")
 def straight(images, tmp_path_factory) -> Path:

@@ -37,13 +37,16 @@ def test_cli_writes_png(tmp_path):
         assert len(np.unique(np.asarray(png.convert("RGB")).reshape(-1, 3), axis=0)) > 50
 
 
-def test_cli_errors(tmp_path):
-    with pytest.raises(ValueError, match="outside"):
-        main(["similarity", "skimage:chelsea", "--point", "500,10", "--random-init", "--out", str(tmp_path / "x.png")])
-    with pytest.raises(ValueError, match="--lift CKPT"):
-        main(["similarity", "skimage:chelsea", "--point", "5,10", "--backbone", "dino_s16", "--out", str(tmp_path / "x.png")])
-    with pytest.raises(FileNotFoundError):
-        main(["similarity", str(tmp_path / "missing.jpg"), "--point", "5,10", "--random-init"])
-    with pytest.raises(ValueError, match="multiple of 16"):
-        main(["similarity", "skimage:chelsea", "--point", "5,10", "--backbone", "dino_s16", "--random-init", "--size", "60",
-              "--out", str(tmp_path / "x.png")])
+def test_cli_errors(tmp_path, capsys):
+    """Bad inputs end with exit status 2 and a one-line message, not a traceback."""
+    cases = [
+        (["skimage:chelsea", "--point", "500,10", "--random-init", "--out", str(tmp_path / "x.png")], "outside"),
+        (["skimage:chelsea", "--point", "5,10", "--backbone", "dino_s16", "--out", str(tmp_path / "x.png")], "--lift CKPT"),
+        ([str(tmp_path / "missing.jpg"), "--point", "5,10", "--random-init"], "does not exist"),
+        (["skimage:chelsea", "--point", "5,10", "--backbone", "dino_s16", "--random-init", "--size", "60",
+          "--out", str(tmp_path / "x.png")], "multiple of 16"),
+    ]
+    for args, message in cases:
+        assert main(["similarity", *args]) == 2
+        err = capsys.readouterr().err
+        assert "similarity: error:" in err and message in err and "Traceback" not in err

@@ -25,7 +25,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         module.add_parser(subparsers)
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    from lift_rt.backends import BackendUnavailable
+
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, BackendUnavailable) as exc:  # bad inputs: a message, not a traceback
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(**vars(args))
     except ValueError as exc:
         parser.error(str(exc))
-    path = train(config)
+    try:
+        path = train(config)
+    except (ValueError, FileNotFoundError, FloatingPointError) as exc:  # bad data/weights, divergence: a message
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     if path is None:
         return 0
     print(f"saved {path}")
