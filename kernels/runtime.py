@@ -3,28 +3,32 @@
 ``TRITON_INTERPRET=1`` is read by ``@triton.jit`` when a kernel module is
 imported, so :data:`INTERPRET` is fixed at import too. Under the interpreter
 every autotune list shrinks to its first entry (each extra config would rerun
-the kernel in numpy).
+the kernel in numpy); ``LIFT_TRITON_AUTOTUNE=0`` does the same on a GPU (the
+correctness tests set it: autotuning every test shape costs minutes).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 from triton import knobs
 
 INTERPRET: bool = bool(knobs.runtime.interpret)
+AUTOTUNE: bool = not INTERPRET and os.environ.get("LIFT_TRITON_AUTOTUNE", "1") != "0"
 
 # Weight / activation dtypes the kernels accept; accumulation is always fp32.
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def configs(options: list[tuple[int, int, int, int, int]]) -> list[triton.Config]:
-    """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)`` tuples -> configs (the first only when interpreting)."""
+    """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)`` tuples -> configs (the first only without autotuning)."""
     out = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
         for bm, bn, bk, warps, stages in options
     ]
-    return out[:1] if INTERPRET else out
+    return out if AUTOTUNE else out[:1]
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -6,7 +6,9 @@ Without a CUDA device the kernels run under the Triton interpreter
 is imported, and kernel modules imported earlier without it are reloaded. It
 stays set for the rest of the (CPU-only) process: nothing else there can run
 compiled Triton code, and PyTorch's CPU compiler does not use Triton.
-With a GPU, the compiled kernels run on it and real sizes are added.
+With a GPU, the compiled kernels run on it and real sizes are added, each
+kernel with its first block config only (``LIFT_TRITON_AUTOTUNE=0``: these
+tests check numbers; bench/ times the autotuned kernels).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if GPU else "cpu")
 KERNEL_MODULES = ("runtime", "fold", "conv2d", "up_conv", "lift_head")
 
-if not GPU:
+if GPU:
+    os.environ.setdefault("LIFT_TRITON_AUTOTUNE", "0")
+else:
     os.environ["TRITON_INTERPRET"] = "1"
     if "lift_rt.kernels.runtime" in sys.modules and not sys.modules["lift_rt.kernels.runtime"].INTERPRET:
         for name in KERNEL_MODULES:
