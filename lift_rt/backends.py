@@ -85,11 +85,13 @@ BACKENDS: dict[str, str] = {
 }
 
 # Fastest first. On a GPU: the issue's order. On a CPU: measured by bench/test_bench_backends_cpu.py
-# (dino_s8, 224, batch 1, fp32, 2-core Xeon with AVX-512). Quiet machine: onnxruntime 1.01x eager
-# torch, torch.compile 1.14x (both near the cores' fp32 peak). Loaded machine: onnxruntime 1.4-3.3x,
-# as eager torch stalls under contention. compile is left out: its first call per shape takes ~1 min.
+# (dino_s8, 224, batch 1, fp32, quiet 2-core Xeon with AVX-512, several runs): onnxruntime 0.92-1.01x
+# eager torch, torch.compile 1.00-1.14x (all near the cores' fp32 peak), so eager torch, which needs
+# no export and no compilation (compile's first call per shape takes about a minute). Under CPU
+# contention onnxruntime was 1.4-3.3x eager: pick it explicitly on a busy machine. On a CPU with
+# AMX, precision="bf16" is the big lever (2.3-3.1x fp32, same bench).
 AUTO_ORDER_GPU: tuple[str, ...] = ("tensorrt", "triton", "compile", "onnxruntime", "torch")
-AUTO_ORDER_CPU: tuple[str, ...] = ("onnxruntime", "torch")
+AUTO_ORDER_CPU: tuple[str, ...] = ("torch", "onnxruntime")
 
 
 def backend_class(name: str) -> type[Backend]:

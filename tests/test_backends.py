@@ -130,8 +130,9 @@ def test_auto_takes_the_first_present_backend_in_order(monkeypatch):
 
 
 def test_auto_on_cpu_is_the_measured_best():
-    # bench/test_bench_backends_cpu.py: onnxruntime beats eager torch on CPU (dino_s8, 224, batch 1).
-    assert AUTO_ORDER_CPU[0] == "onnxruntime" and AUTO_ORDER_CPU[-1] == "torch"
+    # bench/test_bench_backends_cpu.py on a quiet CPU (dino_s8, 224, batch 1): eager torch is level with
+    # or ahead of onnxruntime and needs no export; compile is never chosen (a minute per new shape).
+    assert AUTO_ORDER_CPU[0] == "torch" and "compile" not in AUTO_ORDER_CPU
     torch.manual_seed(0)
     engine = Engine("dino_s16", random_init=True, layer=0, backend="auto", device="cpu")
     assert engine.backend_name == choose_backend(CPU)[0]
