@@ -11,6 +11,7 @@ from lift_rt.backbones import FACETS, get_spec
 from lift_rt.model import LiFT
 
 FORMAT_VERSION = "1"
+RESERVED_METADATA = frozenset({"format", "version", "backbone", "facet", "dim", "patch_size", "use_image"})
 
 
 def save_lift(
@@ -20,6 +21,9 @@ def save_lift(
     from safetensors.torch import save_file
 
     spec = get_spec(backbone)
+    reserved = sorted(set(extra or {}) & RESERVED_METADATA)
+    if reserved:
+        raise ValueError(f"extra metadata may not overwrite the reserved keys {reserved}")
     if lift.dim != spec.dim:
         raise ValueError(f"LiFT width {lift.dim} does not match backbone {backbone} (width {spec.dim})")
     metadata = {

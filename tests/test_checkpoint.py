@@ -79,3 +79,10 @@ def test_corrupt_and_foreign_files(tmp_path):
         load_lift(other, backbone="dino_s16")
     with pytest.raises(FileNotFoundError):
         load_lift(tmp_path / "absent.pth", backbone="dino_s16")
+
+
+def test_extra_metadata_cannot_overwrite_reserved_keys(tmp_path):
+    path = save_lift(random_lift(), tmp_path / "a.safetensors", backbone="dino_s16", facet="key", extra={"epoch": "3"})
+    assert read_lift_state(path)[1]["epoch"] == "3"
+    with pytest.raises(ValueError, match="reserved keys"):
+        save_lift(random_lift(), tmp_path / "b.safetensors", backbone="dino_s16", facet="key", extra={"backbone": "dino_s8"})

@@ -163,6 +163,7 @@ def test_cli_lift_without_weights_is_an_error(capsys):
     (["--dataset", "foo"], "unknown dataset 'foo'"),
     (["--dataset", "spair:/nonexistent"], "does not look like SPair-71k"),
     (["--backend", "tvm"], "unknown backend 'tvm'"),
+    (["--pairs", "0"], "--pairs must be at least 1"),
 ])
 def test_cli_bad_arguments_give_a_message(capsys, args, message):
     code = eval_main(["pck", "--backbone", "dino_s16", "--random-init", "--resolutions", "32", "--upsampler", "none", *args])

@@ -478,6 +478,8 @@ def run_cli(args: argparse.Namespace) -> int:
     for name in upsamplers:
         check_upsampler(spec.name, name, lift=args.lift, random_init=args.random_init)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.pairs is not None and args.pairs < 1:
+        raise ValueError(f"--pairs must be at least 1, got {args.pairs}")
     per_category = args.pairs or (100 if args.dataset.startswith("spair:") else 20)
     pairs = load_dataset(args.dataset, per_category=per_category, split=args.split, seed=args.seed)
     rows: dict[str, dict[int, dict[float, float]]] = {}
