@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import platform
+import subprocess
 from functools import lru_cache
 
 import torch
@@ -28,9 +29,22 @@ PARITY_TOLERANCE = {"fp32": 0.1, "fp16": 0.5, "bf16": 0.5}  # PCK points
 COMPILE_ON_CPU = bool(os.environ.get("LIFT_BENCH_COMPILE_CPU"))
 
 
-def device_name() -> str:
-    if ON_GPU:
-        return torch.cuda.get_device_name(DEVICE)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def commit() -> str:
+    """Short hash of HEAD, with ``+dirty`` when tracked files differ from it."""
+    try:
+        run = dict(cwd=ROOT, capture_output=True, text=True, check=True)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_name() -> str:
+    """CPU model, core count and torch threads."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as info:
@@ -38,6 +52,11 @@ def device_name() -> str:
     except (OSError, StopIteration):
         pass
     return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def device_name() -> str:
+    """The device the benchmarks run on: the GPU's name, else :func:`cpu_name`."""
+    return torch.cuda.get_device_name(DEVICE) if ON_GPU else cpu_name()
 
 
 def skip_reason(backend: str, precision: str) -> str | None:

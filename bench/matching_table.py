@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from benchlib import commit, cpu_name
 from lift_rt import matching
 
 SIZES = [784, 3136]
@@ -85,13 +86,6 @@ def best_time(fn, a, b, rounds: int = 3) -> float:
     return min(times)
 
 
-def device_name() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads, {matching.cpu_isa()})"
-    return "unknown CPU"
-
-
 def markdown(rows: list[dict]) -> str:
     lines = ["| N = M | D | lift (ms) | mm + max (ms) | mm (ms) | speed-up vs mm + max | lift / mm | "
              "extra MB lift | extra MB mm + max |", "|---|---|---|---|---|---|---|---|---|"]
@@ -114,13 +108,12 @@ def main() -> None:
             rows.append({"n": n, "d": d, "time_ms": {k: 1e3 * best_time(f, a, b, args.rounds) for k, f in IMPLS.items()},
                          "peak_extra_mb": peak_extra_mb(n, d)})
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     date = datetime.datetime.now().strftime("%Y-%m-%d")
-    result = {"device": device_name(), "commit": commit, "date": date, "torch": torch.__version__, "rows": rows}
+    result = {"device": f"{cpu_name()}, {matching.cpu_isa()}", "commit": commit(), "date": date, "torch": torch.__version__, "rows": rows}
     out = Path(__file__).parent / "results" / f"matching-{date}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"\n{result['device']}, commit {commit[:10]}, {date}\n\n{markdown(rows)}\n\nsaved {out}")
+    print(f"\n{result['device']}, commit {result['commit']}, {date}\n\n{markdown(rows)}\n\nsaved {out}")
 
 
 if __name__ == "__main__":

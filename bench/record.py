@@ -26,15 +26,6 @@ ROOT = HERE.parent
 PREFIX = "bench-"
 
 
-def commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return out + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run_benchmarks(pytest_args: list[str]) -> dict:
     """``pytest <file> --benchmark-only --benchmark-json`` for each bench file -> merged JSON.
 
@@ -64,7 +55,7 @@ def record(raw: dict, note: str = "") -> Path:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from benchlib import device_name
+    from benchlib import commit, device_name
 
     entries = [
         {"name": b["name"], "group": b.get("group"), "mean_s": b["stats"]["mean"], "stddev_s": b["stats"]["stddev"],

@@ -13,13 +13,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchlib import commit, cpu_name
 from lift_rt.engine import Engine
 
 BACKBONE, RESOLUTION, BATCH = "dino_s8", 224, 1
@@ -27,21 +26,6 @@ BACKBONE, RESOLUTION, BATCH = "dino_s8", 224, 1
 # compile runs last: the OpenMP threads of its generated kernels slow whatever runs after them.
 CASES = (("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("compile", "fp32"))
 RESULTS = Path(__file__).parent / "results"
-
-
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +37,7 @@ def results(tmp_path_factory):
         return
     record = {
         "bench": "backends_cpu", "backbone": BACKBONE, "resolution": RESOLUTION, "batch": BATCH, "precision": "fp32 unless the name says otherwise",
-        "device": f"cpu: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        "device": f"cpu: {cpu_name()}",
         "load_average_1min": os.getloadavg()[0],  # > cores: other work shared the CPU, timings are noisy
         "commit": commit(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "torch": torch.__version__, "images_per_s": found,

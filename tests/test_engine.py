@@ -5,7 +5,6 @@ import torch
 
 from lift_rt import Engine, LiFT, save_lift
 from lift_rt.backbones import WeightsNotFoundError
-from lift_rt.backends import BackendUnavailable
 
 
 @pytest.fixture(scope="module")
