@@ -1,7 +1,8 @@
 """Batched cosine-similarity matching that never materialises the N x M similarity matrix.
 
 Thin Python over the ``lift_rt._C`` kernels (CPU: tiled AVX-512/AVX2/scalar micro-kernels with a
-running top-k; CUDA: tiled, tensor cores for fp16/bf16, fused running top-k). Two torch ops are
+running top-k; CUDA: tiled, tensor cores for fp16/bf16, fused running top-k; for top-1, optionally the Triton
+kernel of :mod:`lift_rt.kernels.match_nearest`, see :func:`cuda_impl`). Two torch ops are
 registered, ``lift_rt::match_topk`` and ``lift_rt::soft_argmax`` (both work under torch.compile);
 everything else composes them. Pure-PyTorch references of each function live in
 :mod:`lift_rt.matching_reference`.
@@ -49,6 +50,21 @@ def cpu_isa() -> str:
     return {v: k for k, v in _ISA_NAMES.items()}[_C.cpu_isa()]
 
 
+_CUDA_IMPLS = ("csrc", "triton")
+
+
+def cuda_impl() -> str:
+    """Which CUDA kernel computes top-1 matches: 'csrc' (the C++ extension, the default) or 'triton'
+    (:mod:`lift_rt.kernels.match_nearest`, a GEMM with a fused argmax), set by ``LIFT_MATCH_CUDA``.
+
+    Top-k with k > 1 and soft-argmax always run in the C++ extension.
+    """
+    name = os.environ.get("LIFT_MATCH_CUDA", "csrc")
+    if name not in _CUDA_IMPLS:
+        raise ValueError(f"LIFT_MATCH_CUDA must be one of {list(_CUDA_IMPLS)}, got {name!r}")
+    return name
+
+
 def _operand(x: Tensor) -> tuple:
     return (x.data_ptr(), _DTYPE_CODES[x.dtype], *x.stride())
 
@@ -79,6 +95,11 @@ def _match_topk(src: Tensor, tgt: Tensor, mask: Optional[Tensor], k: int, normal
             index.data_ptr(), sim.data_ptr())
     if src.device.type == "cpu":
         _C.topk_cpu(*args, torch.get_num_threads(), _ISA_NAMES[cpu_isa()])
+    elif k == 1 and cuda_impl() == "triton":
+        from lift_rt.kernels.match_nearest import nearest_triton
+
+        best, best_sim = nearest_triton(src, tgt, mask, normalize=normalize, eps=eps)
+        index, sim = best.unsqueeze(-1), best_sim.unsqueeze(-1)
     elif b * n > 0:
         splits = _cuda_splits(b, n, m, src.device)
         inv_norm = torch.empty(b * (n + m) if normalize else 1, dtype=torch.float32, device=src.device)

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Every GPU check of the open issues, in priority order, in one call on a lent GPU machine
+# (device tool: run "bash bench/gpu_session.sh" there; about 9 minutes with the default limits).
+# Each stage has its own time limit so that a slow one cannot starve the next; logs and JSON go
+# to $OUT (default bench/results/gpu-session), a stage table is printed last. Nothing here is
+# installed from a registry: the machine's python3 has torch, triton, onnxruntime, pytest-benchmark.
+#
+#   LIFT_GPU_STAGES="build tests matcher head pipeline compile"  stages to run (default: all)
+#   LIFT_GPU_LIMIT_<STAGE>=seconds                               override one stage's limit
+#   LIFT_GPU_TOTAL=seconds                                       whole-script budget (default 540,
+#                                                                under the device tool's 600 s per call)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-bench/results/gpu-session}"
+mkdir -p "$OUT"
+PY=python3
+STAGES="${LIFT_GPU_STAGES:-build tests matcher head pipeline compile}"
+DEADLINE=$((SECONDS + ${LIFT_GPU_TOTAL:-540}))
+SUMMARY="$OUT/stages.txt"
+: > "$SUMMARY"
+
+limit() {  # default limit for a stage, unless LIFT_GPU_LIMIT_<STAGE> is set
+  local var="LIFT_GPU_LIMIT_${1^^}"
+  echo "${!var:-$2}"
+}
+
+stage() {  # stage NAME DEFAULT_LIMIT COMMAND...: run with a limit, log to $OUT/NAME.log, record rc and time
+  local name=$1 secs
+  secs=$(limit "$1" "$2")
+  shift 2
+  [[ " $STAGES " == *" $name "* ]] || return 0
+  local left=$((DEADLINE - SECONDS - 5))
+  if ((left < 20)); then
+    printf '%-9s not run: the session budget is spent\n' "$name" | tee -a "$SUMMARY"
+    return 0
+  fi
+  ((secs > left)) && secs=$left
+  echo "== $name (limit ${secs}s): $*" | tee -a "$OUT/session.log"
+  local t0=$SECONDS
+  timeout --signal=INT --kill-after=15 "$secs" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  printf '%-9s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$(tail -n 1 "$OUT/$name.log" | cut -c1-110)" | tee -a "$SUMMARY"
+}
+
+{
+  date -u +"%Y-%m-%dT%H:%M:%SZ"
+  git rev-parse --short HEAD 2>/dev/null || echo "commit unknown"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+  $PY -c "import torch, triton, onnxruntime; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| triton', triton.__version__, '| onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
+  $PY -c "import tensorrt; print('tensorrt', tensorrt.__version__)" 2>&1 | tail -n 1
+  nvcc --version | tail -n 1
+} > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+# 1. The extension with its CUDA path (the CI machine builds it too, but never runs it).
+stage build 240 $PY -m pip install --no-build-isolation --no-deps -e .
+$PY -c "from lift_rt import _C; print('lift_rt._C has_cuda:', _C.has_cuda())" | tee -a "$OUT/machine.txt"
+
+# 2. Correctness on the GPU: CUDA matcher parity (both implementations), every Triton kernel incl.
+#    bf16 at real sizes (one block config each), Engine backends (triton, compile, onnxruntime,
+#    tensorrt where importable) against the reference, PCK parity.
+stage tests 200 $PY -m pytest -q -rs --timeout 150 -p no:cacheprovider \
+  tests/test_matching.py tests/test_kernels_match_nearest.py tests/test_kernels_up_conv.py \
+  tests/test_kernels_conv2d.py tests/test_kernels_lift.py tests/test_kernels_fold.py \
+  tests/test_backends.py tests/test_engine.py tests/test_export.py tests/test_eval_parity.py
+
+# 3. Matchers against cuBLAS (issue 4's target: <= 1.2x the GEMM, no N x M allocation).
+stage matcher 150 $PY bench/matching_cuda_table.py --out "$OUT"
+
+# 4. The LiFT head alone, every variant but torch.compile (issue 6's targets), then the pipeline.
+stage head 120 $PY -m pytest bench/test_bench_lift_head.py --benchmark-only -s -q -k "gpu and not compile" \
+  -p no:cacheprovider --benchmark-json="$OUT/lift_head.json"
+stage pipeline 120 $PY -m pytest bench/test_bench_pipeline.py --benchmark-only -q -p no:cacheprovider \
+  -k "(224px-b1 or 224px-b8) and not compile" --benchmark-json="$OUT/pipeline.json"
+
+# 5. torch.compile (max-autotune compiles for minutes): last, so that it cannot starve the rest.
+stage compile 150 $PY -m pytest bench/test_bench_lift_head.py --benchmark-only -s -q -k "gpu and compile and 224" \
+  -p no:cacheprovider --benchmark-json="$OUT/lift_head_compile.json"
+
+echo
+echo "== stages (rc 124 = stopped at its limit)"
+cat "$SUMMARY"
+echo
+grep -h -E "^\| [0-9]" "$OUT/matcher.log" 2>/dev/null | head -n 20
+grep -h -E "floor .* ms" "$OUT/head.log" "$OUT/compile.log" 2>/dev/null | cut -c1-150
+grep -h -E "^(FAILED|ERROR)" "$OUT/tests.log" 2>/dev/null | head -n 20

@@ -1,0 +1,139 @@
+"""Top-1 cosine-similarity matching on the GPU: one GEMM with a fused running argmax (Triton).
+
+The alternative to the C++/CUDA kernel of ``csrc/matching_cuda.cu`` for ``k = 1`` (what
+nearest-neighbour matching, mutual matching and the PCK evaluation use); ``lift_rt.matching``
+picks between the two with ``LIFT_MATCH_CUDA`` (see :func:`lift_rt.matching.cuda_impl`).
+
+Each program owns ``BLOCK_M`` source rows of one batch item and sweeps its share of the target
+columns in ``BLOCK_N`` tiles: ``tl.dot`` (tensor cores for fp16/bf16, IEEE fp32 for float32)
+into an fp32 tile, scaled by the inverse norms, reduced at once to a per-row (max, lowest
+index) pair. Nothing N x M is written; a column split per program fills the GPU when B x N is
+small, and the B x N x splits partial pairs are merged in PyTorch (ties to the lowest index).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from lift_rt.kernels.runtime import INTERPRET, configs
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Column splits are multiples of 256, so every
+# BLOCK_N here divides them and no program starts mid-tile.
+CONFIGS = configs([(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 4)])
+SPLIT_ALIGN = 256
+NO_INDEX = 2**31 - 1  # "no candidate yet": larger than any column index, so min() ignores it
+
+
+@triton.autotune(configs=CONFIGS, key=["N", "M", "D", "NORMALIZE", "HAS_MASK"])
+@triton.jit
+def _nearest_kernel(
+    src_ptr, tgt_ptr, mask_ptr, inv_src_ptr, inv_tgt_ptr, val_ptr, idx_ptr,
+    N, M, D, cols_per_split, splits,
+    ssb, ssn, ssd, stb, stm, std, smb, smm,
+    NORMALIZE: tl.constexpr, HAS_MASK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    split = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < N
+    offs_k = tl.arange(0, BLOCK_K)
+    src_rows = src_ptr + b * ssb + rows.to(tl.int64)[:, None] * ssn
+    if NORMALIZE:
+        inv_src = tl.load(inv_src_ptr + b * N + rows, mask=row_ok, other=1.0)
+    best_val = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    best_idx = tl.full((BLOCK_M,), 2147483647, tl.int32)
+    col_begin = split * cols_per_split
+    col_end = tl.minimum(M, col_begin + cols_per_split)
+    for c0 in range(col_begin, col_end, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < col_end
+        tgt_cols = tgt_ptr + b * stb + cols.to(tl.int64)[:, None] * stm
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            k = k0 + offs_k
+            k_ok = k < D
+            a = tl.load(src_rows + k[None, :] * ssd, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            t = tl.load(tgt_cols + k[None, :] * std, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+            acc = tl.dot(a, tl.trans(t), acc, input_precision="ieee")  # fp32 stays fp32
+        if NORMALIZE:
+            inv_tgt = tl.load(inv_tgt_ptr + b * M + cols, mask=col_ok, other=1.0)
+            acc = acc * (inv_src[:, None] * inv_tgt[None, :])
+        # -inf and NaN never count as candidates (as lift_rt.matching_reference), nor do masked targets.
+        valid = col_ok[None, :] & (acc > float("-inf"))
+        if HAS_MASK:
+            keep = tl.load(mask_ptr + b * smb + cols.to(tl.int64) * smm, mask=col_ok, other=0)
+            valid = valid & (keep != 0)[None, :]
+        key = tl.where(valid, acc, float("-inf"))
+        tile_max = tl.max(key, axis=1)
+        tile_idx = tl.min(tl.where(valid & (key == tile_max[:, None]), cols[None, :], 2147483647), axis=1)
+        better = (tile_idx != 2147483647) & ((tile_max > best_val) | ((tile_max == best_val) & (tile_idx < best_idx)))
+        best_val = tl.where(better, tile_max, best_val)
+        best_idx = tl.where(better, tile_idx, best_idx)
+    out = (b * N + rows) * splits + split
+    tl.store(val_ptr + out, best_val, mask=row_ok)
+    tl.store(idx_ptr + out, best_idx, mask=row_ok)
+
+
+def column_splits(batch: int, n: int, m: int, device: torch.device) -> int:
+    """Column splits so that about two waves of 128-row programs cover the GPU."""
+    sms = 4 if INTERPRET or device.type != "cuda" else torch.cuda.get_device_properties(device).multi_processor_count
+    row_blocks = max(1, batch * triton.cdiv(n, 128))
+    return max(1, min(triton.cdiv(m, SPLIT_ALIGN), triton.cdiv(2 * sms, row_blocks)))
+
+
+def inverse_norms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """``B x L x D`` -> ``B x L`` float32 ``1 / max(||x||, eps)`` (NaN rows stay NaN)."""
+    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).clamp_min(eps).reciprocal()
+
+
+def nearest_triton(src: torch.Tensor, tgt: torch.Tensor, mask: Optional[torch.Tensor] = None, *,
+                   normalize: bool = True, eps: float = 1e-12, splits: Optional[int] = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best target of each source row, as :func:`lift_rt.matching.nearest` (inputs already validated).
+
+    Args:
+        src: ``B x N x D``, tgt: ``B x M x D`` (same float dtype and device; any strides).
+        mask: ``B x M`` bool, True = valid target, or None.
+        splits: column splits (default: enough programs to fill the GPU).
+    Returns:
+        index ``B x N`` int64 (-1 where no valid target) and similarity ``B x N`` float32 (-inf there).
+    """
+    batch, n, d = src.shape
+    m = tgt.shape[1]
+    splits = splits or column_splits(batch, n, m, src.device)
+    cols_per_split = triton.cdiv(triton.cdiv(m, splits), SPLIT_ALIGN) * SPLIT_ALIGN
+    splits = triton.cdiv(m, cols_per_split)
+    part_val = torch.empty(batch, n, splits, dtype=torch.float32, device=src.device)
+    part_idx = torch.empty(batch, n, splits, dtype=torch.int32, device=src.device)
+    inv_src = inverse_norms(src, eps) if normalize else part_val
+    inv_tgt = inverse_norms(tgt, eps) if normalize else part_val
+    mask_u8 = mask.view(torch.uint8) if mask is not None else part_idx
+    mask_strides = mask.stride() if mask is not None else (0, 0)
+
+    def grid(meta):
+        return (triton.cdiv(n, meta["BLOCK_M"]), splits, batch)
+
+    if batch * n > 0:
+        _nearest_kernel[grid](
+            src, tgt, mask_u8, inv_src, inv_tgt, part_val, part_idx,
+            n, m, d, cols_per_split, splits,
+            *src.stride(), *tgt.stride(), *mask_strides,
+            NORMALIZE=normalize, HAS_MASK=mask is not None,
+        )
+    return merge_splits(part_val, part_idx)
+
+
+def merge_splits(part_val: torch.Tensor, part_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B x N x S`` partial (max, index) pairs -> the best of each row, ties to the lowest index."""
+    best = part_val.amax(dim=-1, keepdim=True)
+    tied = (part_val == best) & (part_idx != NO_INDEX)
+    index = torch.where(tied, part_idx, NO_INDEX).amin(dim=-1).long()
+    found = index != NO_INDEX
+    sim = torch.where(found, best.squeeze(-1), float("-inf"))
+    return torch.where(found, index, -1), sim
