@@ -64,6 +64,14 @@ PYBIND11_MODULE(_C, m) {
           py::gil_scoped_release release;
           lift::topk_cpu(p, isa, n_threads);
         });
+  m.def("cpu_work_split",
+        [](int64_t B, int64_t N, int64_t M, int64_t D, int isa, int n_threads) {
+          if (B < 1 || N < 1 || M < 1 || D < 1) throw std::invalid_argument("bad problem shape");
+          const lift::CpuWorkSplit w = lift::cpu_work_split(B, N, M, D, isa, n_threads);
+          return py::dict(py::arg("mc") = w.mc, py::arg("row_blocks") = w.row_blocks, py::arg("chunks") = w.chunks,
+                          py::arg("chunk_panels") = w.chunk_panels);
+        },
+        "How topk_cpu cuts one batch element: source rows per block, row blocks, column chunks, panels per chunk.");
   m.def("soft_argmax_cpu",
         [](const OperandTuple& src, const OperandTuple& tgt, const MaskTuple& mask, int64_t index, int64_t B,
            int64_t N, int64_t h, int64_t w, int64_t D, int radius, float temperature, bool normalize, float eps,

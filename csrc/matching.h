@@ -53,6 +53,14 @@ constexpr int kMaxK = 16;  // largest k of the top-k kernels
 enum Isa : int { kIsaAuto = -1, kIsaScalar = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
 int cpu_best_isa();
 void topk_cpu(const TopKProblem& p, int isa, int n_threads);
+
+// How topk_cpu cuts one batch element's work: row blocks of `mc` source rows, each scanned against
+// `chunks` column chunks of `chunk_panels` target panels; one (row block, chunk) pair is one OpenMP
+// work item. Columns are cut only when there are fewer row blocks than threads.
+struct CpuWorkSplit {
+  int64_t mc, row_blocks, chunks, chunk_panels;
+};
+CpuWorkSplit cpu_work_split(int64_t B, int64_t N, int64_t M, int64_t D, int isa, int n_threads);
 void soft_argmax_cpu(const SoftArgmaxProblem& p, int n_threads);
 
 #ifdef LIFT_WITH_CUDA

@@ -1,6 +1,6 @@
 // CPU matcher: packs normalised fp32 panels, runs the per-ISA micro-kernel over cache-sized row
-// blocks (OpenMP over row blocks) and keeps a running top-k per row, so memory stays
-// O((N_block + M) * D) instead of N x M.
+// blocks (OpenMP over row blocks, and over column chunks when the row blocks are fewer than the
+// threads) and keeps a running top-k per row, so memory stays O((N_block + M) * D) instead of N x M.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -94,22 +94,36 @@ Buffer alloc_floats(int64_t n) {
   return Buffer(p);
 }
 
-// Inserts the candidates of one tile row (ascending column order) into a sorted top-k list.
-// Only strictly greater values enter, so among equal values the lowest index stays.
-void insert_row(const float* v, int nr, int64_t j0, float* vals, int64_t* idx, int k, float* thr) {
-  for (int l = 0; l < nr; ++l) {
-    const float x = v[l];
-    if (!(x > *thr)) continue;
-    int pos = k - 1;
-    while (pos > 0 && vals[pos - 1] < x) {
-      vals[pos] = vals[pos - 1];
-      idx[pos] = idx[pos - 1];
-      --pos;
-    }
-    vals[pos] = x;
-    idx[pos] = j0 + l;
-    *thr = vals[k - 1];
+// Inserts candidate (x, j) into a descending top-k list whose k-th value is *thr. Only values
+// strictly greater than *thr enter (NaN never does) and an equal value goes after those present,
+// so when candidates come in ascending index order, ties keep the lowest index.
+inline void insert(float x, int64_t j, float* vals, int64_t* idx, int k, float* thr) {
+  if (!(x > *thr)) return;
+  int pos = k - 1;
+  while (pos > 0 && vals[pos - 1] < x) {
+    vals[pos] = vals[pos - 1];
+    idx[pos] = idx[pos - 1];
+    --pos;
   }
+  vals[pos] = x;
+  idx[pos] = j;
+  *thr = vals[k - 1];
+}
+
+// Inserts the candidates of one tile row (columns j0 .. j0 + nr - 1) into a sorted top-k list.
+void insert_row(const float* v, int nr, int64_t j0, float* vals, int64_t* idx, int k, float* thr) {
+  for (int l = 0; l < nr; ++l) insert(v[l], j0 + l, vals, idx, k, thr);
+}
+
+// Merges the top-k lists of one row found in `parts` consecutive column chunks (list c at
+// offset c * stride, chunks in ascending column order) into `vals` / `idx`.
+void merge_chunks(const float* part_vals, const int64_t* part_idx, int64_t parts, int64_t stride, int k,
+                  float* vals, int64_t* idx) {
+  std::fill(vals, vals + k, -kInf);
+  std::fill(idx, idx + k, int64_t(-1));
+  float thr = -kInf;
+  for (int64_t c = 0; c < parts; ++c)
+    for (int l = 0; l < k; ++l) insert(part_vals[c * stride + l], part_idx[c * stride + l], vals, idx, k, &thr);
 }
 
 struct ThreadScratch {
@@ -117,24 +131,78 @@ struct ThreadScratch {
   std::vector<int64_t> idx;
 };
 
+// Packs rows r0 .. r0 + rows - 1 of batch b's sources into MR-row panels (zero padding rows) and
+// resets their top-k lists; padding rows get threshold +inf so they never report hits.
+void pack_source_block(const TopKProblem& p, int64_t b, int64_t r0, int64_t rows, int MR, ThreadScratch& s) {
+  const int64_t D = p.D, padded = (rows + MR - 1) / MR * MR;
+  for (int64_t r = 0; r < padded; ++r) {
+    float* dst = s.apack.get() + (r / MR) * MR * D + r % MR;
+    if (r < rows) {
+      load_row(p.src, b, r0 + r, D, p.normalize, p.eps, dst, MR);
+    } else {
+      for (int64_t d = 0; d < D; ++d) dst[d * MR] = 0.f;
+    }
+    s.thr[r] = r < rows ? -kInf : kInf;
+  }
+  std::fill(s.vals.get(), s.vals.get() + rows * p.k, -kInf);
+  std::fill(s.idx.begin(), s.idx.begin() + rows * p.k, int64_t(-1));
+}
+
+// Runs the packed source block in `s` against target panels pn0 .. pn1 - 1 (ascending), updating
+// its running top-k lists.
+void scan_panels(const TopKProblem& p, TileFn tile, TileShape ts, const float* tpack, const float* bias,
+                 int64_t rows, int64_t pn0, int64_t pn1, ThreadScratch& s) {
+  const int MR = ts.mr, NR = ts.nr, k = p.k;
+  const int64_t D = p.D, mpan = (rows + MR - 1) / MR;
+  for (int64_t pn = pn0; pn < pn1; ++pn) {
+    const float* bp = tpack + pn * NR * D;
+    for (int64_t ip = 0; ip < mpan; ++ip) {
+      uint32_t hits = tile(s.apack.get() + ip * MR * D, bp, D, bias + pn * NR, s.thr.get() + ip * MR, s.tile.get());
+      while (hits) {
+        const int i = __builtin_ctz(hits);
+        hits &= hits - 1;
+        const int64_t r = ip * MR + i;
+        insert_row(s.tile.get() + i * NR, NR, pn * NR, s.vals.get() + r * k, s.idx.data() + r * k, k,
+                   s.thr.get() + r);
+      }
+    }
+  }
+}
+
+CpuWorkSplit plan_work(int64_t B, int64_t N, int64_t M, int64_t D, TileShape ts, int n_threads) {
+  const int MR = ts.mr;
+  const int64_t panels = (M + ts.nr - 1) / ts.nr;
+  // Row blocks: as large as the cache budget allows, but enough of them to feed every thread.
+  int64_t mc = std::max<int64_t>(MR, kBlockBytes / (D * 4) / MR * MR);
+  const int64_t want_blocks = (4 * int64_t(n_threads) + B - 1) / B;
+  mc = std::min(mc, std::max<int64_t>(MR, ((N + want_blocks - 1) / want_blocks + MR - 1) / MR * MR));
+  const int64_t row_blocks = (N + mc - 1) / mc;
+  // The batch loop is serial, so one parallel region has row_blocks items before any column cut.
+  int64_t chunks = row_blocks < n_threads ? std::min(panels, (n_threads + row_blocks - 1) / row_blocks) : 1;
+  const int64_t chunk_panels = (panels + chunks - 1) / chunks;
+  chunks = (panels + chunk_panels - 1) / chunk_panels;
+  return {mc, row_blocks, chunks, chunk_panels};
+}
+
 void topk_cpu_tiled(const TopKProblem& p, TileFn tile, TileShape ts, int n_threads) {
   const int MR = ts.mr, NR = ts.nr, k = p.k;
   const int64_t D = p.D, panels = (p.M + NR - 1) / NR;
-  // Row blocks: as large as the cache budget allows, but enough of them to feed every thread.
-  int64_t mc = std::max<int64_t>(MR, kBlockBytes / (D * 4) / MR * MR);
-  const int64_t want_blocks = (4 * int64_t(n_threads) + p.B - 1) / p.B;
-  mc = std::min(mc, std::max<int64_t>(MR, ((p.N + want_blocks - 1) / want_blocks + MR - 1) / MR * MR));
-  const int64_t row_blocks = (p.N + mc - 1) / mc;
+  const CpuWorkSplit w = plan_work(p.B, p.N, p.M, D, ts, n_threads);
+  const int64_t items = w.row_blocks * w.chunks, slot = w.mc * k;  // slot: the lists of one work item
 
   Buffer tpack = alloc_floats(panels * NR * D), bias = alloc_floats(panels * NR);
   std::vector<ThreadScratch> scratch(n_threads);
   for (auto& s : scratch) {
-    s.apack = alloc_floats(mc * D);
-    s.thr = alloc_floats(mc);
+    s.apack = alloc_floats(w.mc * D);
+    s.thr = alloc_floats(w.mc);
     s.tile = alloc_floats(int64_t(MR) * NR);
-    s.vals = alloc_floats(mc * k);
-    s.idx.resize(size_t(mc * k));
+    s.vals = alloc_floats(slot);
+    s.idx.resize(size_t(slot));
   }
+  // Per-chunk lists when columns are cut (item-major, chunks x N x k entries), merged per row.
+  const int64_t part_size = w.chunks > 1 ? items * slot : 0;
+  Buffer part_vals = alloc_floats(part_size);
+  std::vector<int64_t> part_idx(static_cast<size_t>(part_size));
 
   for (int64_t b = 0; b < p.B; ++b) {
 #pragma omp parallel num_threads(n_threads)
@@ -154,41 +222,30 @@ void topk_cpu_tiled(const TopKProblem& p, TileFn tile, TileShape ts, int n_threa
         }
       }
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t rb = 0; rb < row_blocks; ++rb) {
+      for (int64_t item = 0; item < items; ++item) {
 #ifdef _OPENMP
         ThreadScratch& s = scratch[omp_get_thread_num()];
 #else
         ThreadScratch& s = scratch[0];
 #endif
-        const int64_t r0 = rb * mc, rows = std::min(mc, p.N - r0), mpan = (rows + MR - 1) / MR;
-        for (int64_t r = 0; r < mpan * MR; ++r) {
-          float* dst = s.apack.get() + (r / MR) * MR * D + r % MR;
-          if (r < rows) {
-            load_row(p.src, b, r0 + r, D, p.normalize, p.eps, dst, MR);
-          } else {
-            for (int64_t d = 0; d < D; ++d) dst[d * MR] = 0.f;
-          }
-          s.thr[r] = r < rows ? -kInf : kInf;  // padding rows never report hits
+        const int64_t rb = item / w.chunks, c = item % w.chunks;
+        const int64_t r0 = rb * w.mc, rows = std::min(w.mc, p.N - r0);
+        pack_source_block(p, b, r0, rows, MR, s);
+        scan_panels(p, tile, ts, tpack.get(), bias.get(), rows, c * w.chunk_panels,
+                    std::min(panels, (c + 1) * w.chunk_panels), s);
+        const bool cut = w.chunks > 1;
+        float* out_vals = cut ? part_vals.get() + item * slot : p.out_sim + (b * p.N + r0) * k;
+        int64_t* out_idx = cut ? part_idx.data() + item * slot : p.out_index + (b * p.N + r0) * k;
+        std::copy(s.vals.get(), s.vals.get() + rows * k, out_vals);
+        std::copy(s.idx.begin(), s.idx.begin() + rows * k, out_idx);
+      }
+      if (w.chunks > 1) {
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < p.N; ++n) {
+          const int64_t first = ((n / w.mc) * w.chunks * w.mc + n % w.mc) * k, out0 = (b * p.N + n) * k;
+          merge_chunks(part_vals.get() + first, part_idx.data() + first, w.chunks, slot, k, p.out_sim + out0,
+                       p.out_index + out0);
         }
-        std::fill(s.vals.get(), s.vals.get() + rows * k, -kInf);
-        std::fill(s.idx.begin(), s.idx.begin() + rows * k, int64_t(-1));
-        for (int64_t pn = 0; pn < panels; ++pn) {
-          const float* bp = tpack.get() + pn * NR * D;
-          for (int64_t ip = 0; ip < mpan; ++ip) {
-            uint32_t hits = tile(s.apack.get() + ip * MR * D, bp, D, bias.get() + pn * NR,
-                                 s.thr.get() + ip * MR, s.tile.get());
-            while (hits) {
-              const int i = __builtin_ctz(hits);
-              hits &= hits - 1;
-              const int64_t r = ip * MR + i;
-              insert_row(s.tile.get() + i * NR, NR, pn * NR, s.vals.get() + r * k, s.idx.data() + r * k, k,
-                         s.thr.get() + r);
-            }
-          }
-        }
-        const int64_t out0 = (b * p.N + r0) * k;
-        std::copy(s.vals.get(), s.vals.get() + rows * k, p.out_sim + out0);
-        std::copy(s.idx.begin(), s.idx.begin() + rows * k, p.out_index + out0);
       }
     }
   }
@@ -205,12 +262,30 @@ int cpu_best_isa() {
   return kIsaScalar;
 }
 
+namespace {
+
+// kIsaAuto -> the best ISA here; refuses one this CPU or build cannot run.
+int resolve_isa(int isa) {
+  const int best = cpu_best_isa();
+  if (isa == kIsaAuto) return best;
+  if (isa > best) throw std::invalid_argument("lift_rt matching: requested ISA not supported by this CPU/build");
+  return isa;
+}
+
+TileShape tile_shape(int isa) {
+  return isa == kIsaAvx512 ? kAvx512Tile : isa == kIsaAvx2 ? kAvx2Tile : kScalarTile;
+}
+
+}  // namespace
+
+CpuWorkSplit cpu_work_split(int64_t B, int64_t N, int64_t M, int64_t D, int isa, int n_threads) {
+  return plan_work(B, N, M, D, tile_shape(resolve_isa(isa)), std::max(n_threads, 1));
+}
+
 void topk_cpu(const TopKProblem& p, int isa, int n_threads) {
   if (p.k < 1 || p.k > kMaxK) throw std::invalid_argument("lift_rt matching: k out of range");
   if (p.B == 0 || p.N == 0) return;
-  const int best = cpu_best_isa();
-  if (isa == kIsaAuto) isa = best;
-  if (isa > best) throw std::invalid_argument("lift_rt matching: requested ISA not supported by this CPU/build");
+  isa = resolve_isa(isa);
   n_threads = std::max(n_threads, 1);
   switch (isa) {
     case kIsaAvx512: return topk_cpu_tiled(p, tile_avx512(), kAvx512Tile, n_threads);

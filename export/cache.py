@@ -6,13 +6,19 @@ precision, batch range, runtime version, device) beside a ``.json`` sidecar
 holding the full key and the file's SHA-256. A file whose sidecar is missing,
 names another key or a different digest is stale or corrupt: it is rebuilt
 with a message, never used.
+
+The cache is capped at ``$LIFT_RT_CACHE_MAX_GB`` GiB (default 8): after an
+artifact is written, the least recently used ones (by modification time, which
+a cache hit refreshes) are removed until the artifacts total less.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,8 @@ import torch
 from torch import nn
 
 CACHE_ENV = "LIFT_RT_CACHE"
+CACHE_MAX_ENV = "LIFT_RT_CACHE_MAX_GB"
+DEFAULT_CACHE_MAX_GB = 8.0
 
 
 def default_cache_dir() -> Path:
@@ -108,6 +116,65 @@ def store(path: Path, key: ArtifactKey) -> None:
     sidecar(path).write_text(json.dumps(meta, indent=1, sort_keys=True))
 
 
+def cache_limit_bytes() -> int | None:
+    """``$LIFT_RT_CACHE_MAX_GB`` (GiB, default 8) in bytes; None when it is 0 or negative (never prune)."""
+    text = os.environ.get(CACHE_MAX_ENV, "").strip()
+    try:
+        gib = float(text) if text else DEFAULT_CACHE_MAX_GB
+    except ValueError:
+        gib = math.nan
+    if not math.isfinite(gib):
+        raise ValueError(f"{CACHE_MAX_ENV}={text!r}: expected a size in GiB, e.g. 8 (0 or negative: no limit)")
+    return int(gib * 2**30) if gib > 0 else None
+
+
+def cache_entries(directory: Path) -> list[tuple[Path, int, float]]:
+    """Artifacts in ``directory`` that have a sidecar: (path, bytes of both files, mtime of the artifact).
+
+    Only files written by :func:`cached_artifact` count (a sidecar holding a key
+    and a digest), so other files in the folder are never sized or removed.
+    """
+    entries = []
+    for meta_path in directory.glob("*.json"):
+        path = meta_path.with_name(meta_path.name[: -len(".json")])
+        try:
+            meta = json.loads(meta_path.read_text())
+            stat = path.stat()
+            size = stat.st_size + meta_path.stat().st_size
+        except (OSError, ValueError):  # no artifact, unreadable, or removed meanwhile
+            continue
+        if isinstance(meta, dict) and {"key", "sha256"} <= meta.keys() and path.is_file():
+            entries.append((path, size, stat.st_mtime))
+    return entries
+
+
+def prune_cache(directory: Path, keep: Path, log: Callable[[str], None] = print) -> list[Path]:
+    """Remove the least recently used artifacts (with their sidecars) until the cache totals under its limit.
+
+    The limit is :func:`cache_limit_bytes` (none: nothing is removed). ``keep``,
+    the artifact just written in ``directory``, is never removed. Logs one line
+    per removal; returns the removed artifacts, oldest first.
+    """
+    limit = cache_limit_bytes()
+    if limit is None:
+        return []
+    entries = sorted(cache_entries(Path(directory)), key=lambda entry: (entry[2], entry[0].name))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for path, size, _ in entries:
+        if total < limit:
+            break
+        if path.name == Path(keep).name:
+            continue
+        path.unlink(missing_ok=True)
+        sidecar(path).unlink(missing_ok=True)
+        total -= size
+        removed.append(path)
+        log(f"removed {path} ({size / 2**20:.1f} MiB): least recently used entry of a cache over its "
+            f"{limit / 2**30:g} GiB limit (${CACHE_MAX_ENV})")
+    return removed
+
+
 def cached_artifact(
     directory: Path,
     key: ArtifactKey,
@@ -119,12 +186,16 @@ def cached_artifact(
 
     ``build(tmp_path)`` writes the file; it is moved into place only once
     complete, so an interrupted build never leaves a file that looks valid.
+    A hit refreshes the artifact's mtime; a build then prunes the cache
+    (:func:`prune_cache`).
     """
     directory = Path(directory)
     path = directory / f"{key.stem}{suffix}"
     reason = invalid_reason(path, key)
     if reason is None:
         log(f"using cached {path}")
+        with contextlib.suppress(OSError):  # a read-only cache still serves; only its LRU order goes stale
+            os.utime(path)
         return path
     if path.exists():
         log(f"rebuilding {path.name}: {reason}")
@@ -137,4 +208,5 @@ def cached_artifact(
     finally:
         tmp.unlink(missing_ok=True)
     store(path, key)
+    prune_cache(directory, keep=path, log=log)
     return path

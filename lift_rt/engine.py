@@ -48,6 +48,32 @@ def build_pipeline(
     return LiftPipeline(vit, module.eval(), iterations=iterations).eval()
 
 
+ENGINE_DEVICES = "cpu, cuda or cuda:N"
+
+
+def engine_device(device: str | torch.device | None) -> torch.device:
+    """The device an :class:`Engine` runs on: ``device`` (cpu, cuda or cuda:N), or CUDA when present, else CPU.
+
+    Raises ValueError for any other device (meta, mps, ...) and RuntimeError
+    for a CUDA device that is not visible to PyTorch.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a device; an Engine runs on {ENGINE_DEVICES}") from exc
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: an Engine runs on {ENGINE_DEVICES}, not {resolved.type}")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={device!r} was asked for but no CUDA device is visible to PyTorch")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise RuntimeError(f"device={device!r} was asked for but PyTorch sees {count} CUDA device(s)")
+    return resolved
+
+
 class Engine:
     """Dense LiFT features for a batch of images.
 
@@ -59,7 +85,7 @@ class Engine:
         lift: LiFT checkpoint path (safetensors or the authors' .pth) or module.
         backend: "torch", "compile", "onnxruntime", "tensorrt", "triton" or "auto".
         precision: "fp32", "fp16" or "bf16".
-        device: torch device; default CUDA when present, else CPU.
+        device: "cpu", "cuda" or "cuda:N"; default CUDA when present, else CPU.
         iterations: k LiFT applications, 2^k upsampling.
         random_init: random backbone and LiFT weights where none are given.
     """
@@ -80,9 +106,7 @@ class Engine:
         **backend_options: Any,
     ) -> None:
         precision_dtype(precision)
-        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' was asked for but no CUDA device is visible to PyTorch")
+        self.device = engine_device(device)
         self.pipeline = build_pipeline(
             backbone, lift, iterations=iterations, facet=facet, layer=layer,
             backbone_weights=backbone_weights, random_init=random_init,

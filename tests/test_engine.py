@@ -90,6 +90,28 @@ def test_backend_errors():
             Engine("dino_s16", random_init=True, device="cuda")
 
 
+@pytest.mark.parametrize("device", ["meta", "mps", torch.device("meta"), "gpu"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "auto"])
+def test_only_cpu_and_cuda_devices(device, backend):
+    with pytest.raises(ValueError, match="cpu, cuda or cuda:N"):
+        Engine("dino_s16", random_init=True, device=device, backend=backend, layer=0)
+
+
+def test_cuda_devices_must_be_visible(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(RuntimeError, match="sees 1 CUDA device"):
+        Engine("dino_s16", random_init=True, device="cuda:1", layer=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        Engine("dino_s16", random_init=True, device="cuda:0", layer=0)
+
+
+def test_engine_runs_on_an_explicit_cpu():
+    engine = Engine("dino_s16", random_init=True, device="cpu", layer=0)
+    assert engine.device == torch.device("cpu") and engine(torch.rand(1, 3, 32, 32)).device.type == "cpu"
+
+
 def test_auto_backend_says_which():
     engine = Engine("dino_s16", random_init=True, backend="auto", layer=0)
     assert engine.backend_name in {"torch", "onnxruntime", "compile", "triton", "tensorrt"}

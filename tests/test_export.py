@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -200,6 +201,63 @@ def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
     assert cache_mod.default_cache_dir() == tmp_path
 
 
+def write_entry(directory: Path, weights: str, mtime: float, log=lambda m: None) -> Path:
+    """A 1000-byte fake artifact (a distinct key per ``weights``) whose last use was at ``mtime``."""
+    path = cached_artifact(directory, make_key(weights=weights), ".plan", counting_builder(b"x" * 1000)[0], log)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def entry_bytes(path: Path) -> int:
+    return path.stat().st_size + sidecar(path).stat().st_size
+
+
+def set_cache_limit(monkeypatch, nbytes: float) -> None:
+    monkeypatch.setenv(cache_mod.CACHE_MAX_ENV, repr(nbytes / 2**30))
+
+
+def test_cache_removes_least_recently_used_entries_over_the_limit(monkeypatch, tmp_path):
+    old, used = write_entry(tmp_path, "a" * 16, 1000), write_entry(tmp_path, "b" * 16, 2000)
+    other = tmp_path / "notes.txt"  # not a cache entry: neither counted nor removed
+    other.write_bytes(b"y" * 10_000)
+    set_cache_limit(monkeypatch, 2.5 * entry_bytes(old))
+    messages: list[str] = []
+    assert cached_artifact(tmp_path, make_key(weights="a" * 16), ".plan", counting_builder()[0], messages.append) == old
+    assert old.stat().st_mtime > 2000  # a cache hit counts as a use
+    new = write_entry(tmp_path, "c" * 16, 3000, messages.append)
+    assert not used.exists() and not sidecar(used).exists()
+    assert old.exists() and new.exists() and other.exists()
+    removals = [m for m in messages if m.startswith("removed")]
+    assert len(removals) == 1 and used.name in removals[0] and "MiB" in removals[0]
+    assert "least recently used" in removals[0] and cache_mod.CACHE_MAX_ENV in removals[0]
+
+
+def test_cache_keeps_the_entry_just_written_even_over_the_limit(monkeypatch, tmp_path):
+    set_cache_limit(monkeypatch, 100)  # smaller than any entry
+    first = write_entry(tmp_path, "a" * 16, 1000)
+    second = write_entry(tmp_path, "b" * 16, 2000)
+    assert second.exists() and not first.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([second.name, sidecar(second).name])
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_cache_limit_zero_or_negative_never_prunes(monkeypatch, tmp_path, value):
+    monkeypatch.setenv(cache_mod.CACHE_MAX_ENV, value)
+    paths = [write_entry(tmp_path, digit * 16, 1000 + i) for i, digit in enumerate("abc")]
+    assert all(path.exists() for path in paths)
+
+
+def test_cache_limit_default_and_bad_values(monkeypatch):
+    monkeypatch.delenv(cache_mod.CACHE_MAX_ENV, raising=False)
+    assert cache_mod.cache_limit_bytes() == 8 * 2**30
+    monkeypatch.setenv(cache_mod.CACHE_MAX_ENV, "0.5")
+    assert cache_mod.cache_limit_bytes() == 2**29
+    for bad in ("8GB", "nan", "inf"):
+        monkeypatch.setenv(cache_mod.CACHE_MAX_ENV, bad)
+        with pytest.raises(ValueError, match=cache_mod.CACHE_MAX_ENV):
+            cache_mod.cache_limit_bytes()
+
+
 # --- TensorRT glue against a fake tensorrt module (no TensorRT here) --------------------------------
 
 class FakeTensorRT(types.ModuleType):
@@ -339,6 +397,17 @@ def test_cached_engine_builds_once_and_rebuilds_undeserializable(fake_gpu, pipel
     # A new batch range is another engine, not a reuse.
     path8, _ = trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=8, cache_dir=tmp_path, log=lambda m: None)
     assert path8 != path and fake_gpu.record["builds"] == 3
+
+
+def test_new_engine_prunes_the_cache(fake_gpu, pipelines, monkeypatch, tmp_path):
+    set_cache_limit(monkeypatch, 100)
+    pipeline = pipelines["dino_s16/4"]
+    path4, _ = trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=4, cache_dir=tmp_path, log=lambda m: None)
+    messages: list[str] = []
+    path8, _ = trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=8, cache_dir=tmp_path, log=messages.append)
+    assert path8.exists() and not path4.exists()
+    assert (tmp_path / "stub.onnx").exists()  # the stub export has no sidecar: not an entry
+    assert any(m.startswith("removed") and path4.name in m for m in messages)
 
 
 def test_tensorrt_reason_names_what_is_missing(monkeypatch):

@@ -60,6 +60,52 @@ def test_every_cpu_kernel_is_exact_on_integer_inputs(monkeypatch, isa, k):
     assert torch.equal(index, ref_index) and torch.equal(sim, ref_sim)
 
 
+@pytest.fixture
+def torch_threads():
+    """Sets torch's CPU thread count for one test (the matcher uses as many) and restores it after."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("k", [1, 4, 16])
+@pytest.mark.parametrize("threads", [2, 5])
+def test_column_chunks_merge_exactly(monkeypatch, torch_threads, isa, k, threads):
+    """3 sources x 5000 targets: one row block, so the targets are cut into column chunks whose
+    top-k lists are merged. Exact on integers, ties across chunks, a mask, NaN targets, a target
+    half and a whole pair masked out."""
+    monkeypatch.setenv("LIFT_MATCH_ISA", isa)
+    torch_threads(threads)
+    src, half = integer_inputs(3, 3, 2500, 5, seed=k)
+    tgt = torch.cat([half, half], dim=1)  # target j ties exactly with j + 2500, in another chunk
+    tgt[0, 2510] = tgt[1, 2600] = float("nan")
+    mask = torch.rand(3, 5000, generator=torch.Generator().manual_seed(k)) > 0.3
+    mask[1, :2500] = False  # the first chunks hold nothing valid
+    mask[2] = False
+    split = _C.cpu_work_split(3, 3, 5000, 5, matching._ISA_NAMES[isa], threads)
+    assert split["row_blocks"] == 1 and split["chunks"] == threads
+    results = {}
+    for name, m in (("all", None), ("masked", mask)):
+        results[name] = matching.topk(src, tgt, k, normalize=False, mask=m)
+        ref_index, ref_sim = ref.topk_reference(src, tgt, k, normalize=False, mask=m)
+        assert torch.equal(results[name][0], ref_index) and torch.equal(results[name][1], ref_sim)
+    assert (results["all"][0][..., 0] < 2500).all()  # the tie with j + 2500 goes to j
+    index = results["masked"][0]
+    assert (index[2] == -1).all() and (index[1] >= 2500).all()
+    assert (index[0] != 2510).all() and (index[1] != 2600).all()  # NaN never wins
+
+
+def test_work_split_cuts_columns_only_when_rows_are_too_few():
+    isa = matching._ISA_NAMES[matching.cpu_isa()]
+    assert _C.cpu_work_split(1, 20, 50176, 384, isa, 1)["chunks"] == 1
+    many_rows = _C.cpu_work_split(1, 100_000, 50176, 384, isa, 2)
+    assert many_rows["chunks"] == 1 and many_rows["row_blocks"] >= 2
+    few_rows = _C.cpu_work_split(1, 1, 50176, 384, isa, 4)
+    assert few_rows["row_blocks"] == 1 and few_rows["chunks"] == 4
+    assert _C.cpu_work_split(1, 1, 3, 384, isa, 8)["chunks"] == 1  # never more chunks than target panels
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_cpu_kernel_matches_reference(monkeypatch, isa):
     monkeypatch.setenv("LIFT_MATCH_ISA", isa)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -23,7 +25,8 @@ from lift_rt.checkpoint import load_lift, read_lift_state
 from lift_rt.data import write_sample_images
 from lift_rt.model import LiFT
 from lift_rt.train import (
-    TrainConfig, Trainer, build_trainable, cosine_loss, default_batch, load_upsampler, sidecar_path, two_scale_loss,
+    TrainConfig, Trainer, build_trainable, cosine_loss, default_batch, load_upsampler, sidecar_path, train,
+    two_scale_loss,
 )
 from lift_rt.train.__main__ import build_parser, main
 from lift_rt.train.losses import l1_loss, l2_loss
@@ -264,6 +267,63 @@ def test_cli_run_of_the_full_lift_counts_unreadable_files(images, tmp_path, caps
     assert [e["skipped"] for e in read_log(out) if e["event"] == "step"] == [1]
     lift = load_lift(out / "step1.safetensors", backbone="dino_s16")
     assert lift.use_image and lift.dim == get_spec("dino_s16").dim
+
+
+# ---- the process group ------------------------------------------------------------------------
+@pytest.fixture
+def torchrun_env(monkeypatch):
+    """The environment torchrun gives a single process (world size 1, gloo on a free local port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0",
+                            WORLD_SIZE="1").items():
+        monkeypatch.setenv(name, value)
+    yield
+    if dist.is_initialized():  # only after a failure: do not leak a group into later tests
+        dist.destroy_process_group()
+
+
+def test_failing_constructor_leaves_the_process_group(torchrun_env, images, tmp_path):
+    seen = []
+    original = Trainer._build
+
+    def build_then_fail(self):
+        seen.append(dist.is_initialized() and dist.get_backend() == "gloo")
+        original(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "_build", build_then_fail)
+        with pytest.raises(ValueError, match="fewer than one batch"):
+            train(tiny_config(images, tmp_path, batch=64))
+    assert seen == [True] and not dist.is_initialized()
+
+
+def test_failing_run_leaves_the_process_group(torchrun_env, images, tmp_path, monkeypatch):
+    def broken_step(self, *args):
+        assert dist.is_initialized()
+        raise RuntimeError("step exploded")
+
+    monkeypatch.setattr(Trainer, "step", broken_step)
+    with pytest.raises(RuntimeError, match="step exploded"):
+        train(tiny_config(images, tmp_path, upsampler="rc"))
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="step exploded"):
+        with Trainer(tiny_config(images, tmp_path, upsampler="rc")) as trainer:
+            assert trainer.env.owns_group and trainer.env.world == 1
+            trainer.fit()
+    assert not dist.is_initialized()
+
+
+def test_a_group_made_by_the_caller_stays(torchrun_env, images, tmp_path):
+    dist.init_process_group("gloo")
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train(tiny_config(images, tmp_path, batch=64))
+    assert dist.is_initialized()
+    trainer = Trainer(tiny_config(images, tmp_path, upsampler="rc", max_steps=1))
+    assert not trainer.env.owns_group
+    trainer.close()
+    assert dist.is_initialized()
 
 
 # ---- several processes ------------------------------------------------------------------------

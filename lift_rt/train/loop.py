@@ -127,13 +127,18 @@ def _ignore_sigint(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+# What torchrun sets for the default ``env://`` rendezvous.
+LAUNCHER_VARS: tuple[str, ...] = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
+
+
 @dataclass
 class Distributed:
-    """Process-group facts: rank, world size, device."""
+    """Process-group facts: rank, world size, device, and whether :meth:`setup` created the group."""
 
     rank: int = 0
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False
 
     @property
     def active(self) -> bool:
@@ -141,7 +146,12 @@ class Distributed:
 
     @classmethod
     def setup(cls, device: str | None) -> "Distributed":
-        """Join the ``torchrun`` process group if its environment is set (nccl on CUDA, else gloo)."""
+        """Join the ``torchrun`` process group if its environment is set (nccl on CUDA, else gloo).
+
+        The group is created under torchrun whatever its size (world size 1
+        included) unless one exists already; :meth:`teardown` destroys only a
+        group created here.
+        """
         world = int(os.environ.get("WORLD_SIZE", "1"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if device is None:
@@ -153,23 +163,51 @@ class Distributed:
             if dev.index is None:
                 dev = torch.device("cuda", local)
             torch.cuda.set_device(dev)
-        if world > 1 and not dist.is_initialized():
+        launched = all(name in os.environ for name in LAUNCHER_VARS)
+        owns_group = (world > 1 or launched) and not dist.is_initialized()
+        if owns_group:
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         rank = dist.get_rank() if dist.is_initialized() else 0
-        return cls(rank=rank, world=world, device=dev)
+        return cls(rank=rank, world=world, device=dev, owns_group=owns_group)
 
     def teardown(self) -> None:
-        if self.active and dist.is_initialized():
+        """Destroy the process group if :meth:`setup` created it (a group made by the caller stays)."""
+        if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+        self.owns_group = False
 
 
 class Trainer:
-    """Builds everything a run needs from a :class:`TrainConfig`; :meth:`fit` runs it."""
+    """Builds everything a run needs from a :class:`TrainConfig`; :meth:`fit` runs it.
+
+    Without ``env`` the trainer joins torchrun's process group itself and
+    leaves it in :meth:`close` (``with Trainer(config) as trainer:`` closes on
+    any exit); a constructor that raises has already left it.
+    """
 
     def __init__(self, config: TrainConfig, env: Distributed | None = None) -> None:
         self.config = config
+        self.owns_env = env is None
         self.env = env or Distributed.setup(config.device)
-        env, device = self.env, self.env.device
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Leave the process group this trainer joined (nothing when ``env`` was given)."""
+        if self.owns_env:
+            self.env.teardown()
+
+    def _build(self) -> None:
+        config, env, device = self.config, self.env, self.env.device
         if config.batch % env.world:
             raise ValueError(f"--batch {config.batch} must be divisible by the number of processes ({env.world})")
         self.per_rank = config.batch // env.world
@@ -339,8 +377,5 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 
 def train(config: TrainConfig) -> Path | None:
     """Run ``config`` in this process (joining torchrun's group if launched by it); returns the last checkpoint."""
-    trainer = Trainer(config)
-    try:
+    with Trainer(config) as trainer:
         return trainer.fit()
-    finally:
-        trainer.env.teardown()
