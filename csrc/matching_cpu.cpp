@@ -1,6 +1,8 @@
 // CPU matcher: packs normalised fp32 panels, runs the per-ISA micro-kernel over cache-sized row
 // blocks (OpenMP over row blocks, and over column chunks when the row blocks are fewer than the
 // threads) and keeps a running top-k per row, so memory stays O((N_block + M) * D) instead of N x M.
+// When all source rows fit one block (keypoints against a grid) nothing M x D is allocated: each
+// thread packs the target panels of its column chunk where it scans them.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -127,9 +129,30 @@ void merge_chunks(const float* part_vals, const int64_t* part_idx, int64_t parts
 }
 
 struct ThreadScratch {
-  Buffer apack, thr, tile, vals;
+  Buffer apack, thr, tile, vals, rows, panel, panel_bias;
   std::vector<int64_t> idx;
 };
+
+// Packs targets pn * NR .. pn * NR + NR - 1 of batch b into panel `dst` (D x NR, zero columns past
+// M) and their column biases `bias[0 .. NR)` (0, or -inf when masked or past M). Rows are read and normalised
+// contiguously into `rows` (NR x D) first, then transposed: every pass over memory is sequential.
+void pack_target_panel(const TopKProblem& p, int64_t b, int64_t pn, int NR, float* rows, float* dst, float* bias) {
+  const int64_t D = p.D;
+  for (int l = 0; l < NR; ++l) {
+    const int64_t j = pn * NR + l;
+    if (j < p.M) {
+      load_row(p.tgt, b, j, D, p.normalize, p.eps, rows + l * D, 1);
+      bias[l] = mask_valid(p.mask, b, j) ? 0.f : -kInf;
+    } else {
+      std::fill(rows + l * D, rows + (l + 1) * D, 0.f);
+      bias[l] = -kInf;
+    }
+  }
+  constexpr int64_t kStrip = 16;  // depth strip: the NR source rows' strips stay in L1
+  for (int64_t d0 = 0; d0 < D; d0 += kStrip)
+    for (int l = 0; l < NR; ++l)
+      for (int64_t d = d0; d < std::min(D, d0 + kStrip); ++d) dst[d * NR + l] = rows[l * D + d];
+}
 
 // Packs rows r0 .. r0 + rows - 1 of batch b's sources into MR-row panels (zero padding rows) and
 // resets their top-k lists; padding rows get threshold +inf so they never report hits.
@@ -148,23 +171,19 @@ void pack_source_block(const TopKProblem& p, int64_t b, int64_t r0, int64_t rows
   std::fill(s.idx.begin(), s.idx.begin() + rows * p.k, int64_t(-1));
 }
 
-// Runs the packed source block in `s` against target panels pn0 .. pn1 - 1 (ascending), updating
-// its running top-k lists.
-void scan_panels(const TopKProblem& p, TileFn tile, TileShape ts, const float* tpack, const float* bias,
-                 int64_t rows, int64_t pn0, int64_t pn1, ThreadScratch& s) {
+// Runs the packed source block in `s` against target panel pn (`bp`: D x NR, `bias`: its NR column
+// biases), updating the block's running top-k lists.
+void scan_panel(const TopKProblem& p, TileFn tile, TileShape ts, const float* bp, const float* bias, int64_t pn,
+                int64_t rows, ThreadScratch& s) {
   const int MR = ts.mr, NR = ts.nr, k = p.k;
   const int64_t D = p.D, mpan = (rows + MR - 1) / MR;
-  for (int64_t pn = pn0; pn < pn1; ++pn) {
-    const float* bp = tpack + pn * NR * D;
-    for (int64_t ip = 0; ip < mpan; ++ip) {
-      uint32_t hits = tile(s.apack.get() + ip * MR * D, bp, D, bias + pn * NR, s.thr.get() + ip * MR, s.tile.get());
-      while (hits) {
-        const int i = __builtin_ctz(hits);
-        hits &= hits - 1;
-        const int64_t r = ip * MR + i;
-        insert_row(s.tile.get() + i * NR, NR, pn * NR, s.vals.get() + r * k, s.idx.data() + r * k, k,
-                   s.thr.get() + r);
-      }
+  for (int64_t ip = 0; ip < mpan; ++ip) {
+    uint32_t hits = tile(s.apack.get() + ip * MR * D, bp, D, bias, s.thr.get() + ip * MR, s.tile.get());
+    while (hits) {
+      const int i = __builtin_ctz(hits);
+      hits &= hits - 1;
+      const int64_t r = ip * MR + i;
+      insert_row(s.tile.get() + i * NR, NR, pn * NR, s.vals.get() + r * k, s.idx.data() + r * k, k, s.thr.get() + r);
     }
   }
 }
@@ -174,6 +193,10 @@ CpuWorkSplit plan_work(int64_t B, int64_t N, int64_t M, int64_t D, TileShape ts,
   const int64_t panels = (M + ts.nr - 1) / ts.nr;
   // Row blocks: as large as the cache budget allows, but enough of them to feed every thread.
   int64_t mc = std::max<int64_t>(MR, kBlockBytes / (D * 4) / MR * MR);
+  if (N <= mc) {  // every source row fits one block: one pass over the targets, cut into thread chunks
+    const int64_t chunks = std::min<int64_t>(panels, n_threads), chunk_panels = (panels + chunks - 1) / chunks;
+    return {(N + MR - 1) / MR * MR, 1, (panels + chunk_panels - 1) / chunk_panels, chunk_panels};
+  }
   const int64_t want_blocks = (4 * int64_t(n_threads) + B - 1) / B;
   mc = std::min(mc, std::max<int64_t>(MR, ((N + want_blocks - 1) / want_blocks + MR - 1) / MR * MR));
   const int64_t row_blocks = (N + mc - 1) / mc;
@@ -190,13 +213,20 @@ void topk_cpu_tiled(const TopKProblem& p, TileFn tile, TileShape ts, int n_threa
   const CpuWorkSplit w = plan_work(p.B, p.N, p.M, D, ts, n_threads);
   const int64_t items = w.row_blocks * w.chunks, slot = w.mc * k;  // slot: the lists of one work item
 
-  Buffer tpack = alloc_floats(panels * NR * D), bias = alloc_floats(panels * NR);
+  // One row block: each target panel is read once, so it is packed where it is scanned (in cache)
+  // instead of into a shared M x D copy first.
+  const bool stream_targets = w.row_blocks == 1;
+  const int64_t shared_panels = stream_targets ? 0 : panels;
+  Buffer tpack = alloc_floats(shared_panels * NR * D), bias = alloc_floats(shared_panels * NR);
   std::vector<ThreadScratch> scratch(n_threads);
   for (auto& s : scratch) {
     s.apack = alloc_floats(w.mc * D);
     s.thr = alloc_floats(w.mc);
     s.tile = alloc_floats(int64_t(MR) * NR);
     s.vals = alloc_floats(slot);
+    s.rows = alloc_floats(int64_t(NR) * D);
+    s.panel = alloc_floats(stream_targets ? int64_t(NR) * D : 0);
+    s.panel_bias = alloc_floats(stream_targets ? NR : 0);
     s.idx.resize(size_t(slot));
   }
   // Per-chunk lists when columns are cut (item-major, chunks x N x k entries), merged per row.
@@ -207,32 +237,27 @@ void topk_cpu_tiled(const TopKProblem& p, TileFn tile, TileShape ts, int n_threa
   for (int64_t b = 0; b < p.B; ++b) {
 #pragma omp parallel num_threads(n_threads)
     {
+#ifdef _OPENMP
+      ThreadScratch& s = scratch[omp_get_thread_num()];
+#else
+      ThreadScratch& s = scratch[0];
+#endif
 #pragma omp for schedule(static)
-      for (int64_t pn = 0; pn < panels; ++pn) {
-        float* dst = tpack.get() + pn * NR * D;
-        for (int l = 0; l < NR; ++l) {
-          const int64_t j = pn * NR + l;
-          if (j < p.M) {
-            load_row(p.tgt, b, j, D, p.normalize, p.eps, dst + l, NR);
-            bias[j] = mask_valid(p.mask, b, j) ? 0.f : -kInf;
-          } else {
-            for (int64_t d = 0; d < D; ++d) dst[d * NR + l] = 0.f;
-            bias[j] = -kInf;
-          }
-        }
-      }
+      for (int64_t pn = 0; pn < shared_panels; ++pn)
+        pack_target_panel(p, b, pn, NR, s.rows.get(), tpack.get() + pn * NR * D, bias.get() + pn * NR);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < items; ++item) {
-#ifdef _OPENMP
-        ThreadScratch& s = scratch[omp_get_thread_num()];
-#else
-        ThreadScratch& s = scratch[0];
-#endif
         const int64_t rb = item / w.chunks, c = item % w.chunks;
         const int64_t r0 = rb * w.mc, rows = std::min(w.mc, p.N - r0);
         pack_source_block(p, b, r0, rows, MR, s);
-        scan_panels(p, tile, ts, tpack.get(), bias.get(), rows, c * w.chunk_panels,
-                    std::min(panels, (c + 1) * w.chunk_panels), s);
+        for (int64_t pn = c * w.chunk_panels; pn < std::min(panels, (c + 1) * w.chunk_panels); ++pn) {
+          if (stream_targets) {
+            pack_target_panel(p, b, pn, NR, s.rows.get(), s.panel.get(), s.panel_bias.get());
+            scan_panel(p, tile, ts, s.panel.get(), s.panel_bias.get(), pn, rows, s);
+          } else {
+            scan_panel(p, tile, ts, tpack.get() + pn * NR * D, bias.get() + pn * NR, pn, rows, s);
+          }
+        }
         const bool cut = w.chunks > 1;
         float* out_vals = cut ? part_vals.get() + item * slot : p.out_sim + (b * p.N + r0) * k;
         int64_t* out_idx = cut ? part_idx.data() + item * slot : p.out_index + (b * p.N + r0) * k;

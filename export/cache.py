@@ -187,7 +187,7 @@ def cached_artifact(
     ``build(tmp_path)`` writes the file; it is moved into place only once
     complete, so an interrupted build never leaves a file that looks valid.
     A hit refreshes the artifact's mtime; a build then prunes the cache
-    (:func:`prune_cache`).
+    (:func:`prune_cache`) when ``directory`` is the default cache (:func:`default_cache_dir`).
     """
     directory = Path(directory)
     path = directory / f"{key.stem}{suffix}"
@@ -208,5 +208,6 @@ def cached_artifact(
     finally:
         tmp.unlink(missing_ok=True)
     store(path, key)
-    prune_cache(directory, keep=path, log=log)
+    if directory.resolve() == default_cache_dir().resolve():  # a folder named by the user (--out) is never pruned
+        prune_cache(directory, keep=path, log=log)
     return path

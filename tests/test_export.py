@@ -212,15 +212,17 @@ def entry_bytes(path: Path) -> int:
     return path.stat().st_size + sidecar(path).stat().st_size
 
 
-def set_cache_limit(monkeypatch, nbytes: float) -> None:
+def set_cache_limit(monkeypatch, nbytes: float, cache_dir: Path) -> None:
+    """Limit the default cache, ``cache_dir``, to ``nbytes``."""
     monkeypatch.setenv(cache_mod.CACHE_MAX_ENV, repr(nbytes / 2**30))
+    monkeypatch.setenv(cache_mod.CACHE_ENV, str(cache_dir))
 
 
 def test_cache_removes_least_recently_used_entries_over_the_limit(monkeypatch, tmp_path):
     old, used = write_entry(tmp_path, "a" * 16, 1000), write_entry(tmp_path, "b" * 16, 2000)
     other = tmp_path / "notes.txt"  # not a cache entry: neither counted nor removed
     other.write_bytes(b"y" * 10_000)
-    set_cache_limit(monkeypatch, 2.5 * entry_bytes(old))
+    set_cache_limit(monkeypatch, 2.5 * entry_bytes(old), tmp_path)
     messages: list[str] = []
     assert cached_artifact(tmp_path, make_key(weights="a" * 16), ".plan", counting_builder()[0], messages.append) == old
     assert old.stat().st_mtime > 2000  # a cache hit counts as a use
@@ -233,11 +235,19 @@ def test_cache_removes_least_recently_used_entries_over_the_limit(monkeypatch, t
 
 
 def test_cache_keeps_the_entry_just_written_even_over_the_limit(monkeypatch, tmp_path):
-    set_cache_limit(monkeypatch, 100)  # smaller than any entry
+    set_cache_limit(monkeypatch, 100, tmp_path)  # smaller than any entry
     first = write_entry(tmp_path, "a" * 16, 1000)
     second = write_entry(tmp_path, "b" * 16, 2000)
     assert second.exists() and not first.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([second.name, sidecar(second).name])
+
+
+def test_a_folder_named_by_the_user_is_never_pruned(monkeypatch, tmp_path):
+    set_cache_limit(monkeypatch, 100, tmp_path / "cache")
+    out = tmp_path / "out"  # e.g. python -m lift_rt.export --out DIR
+    first = write_entry(out, "a" * 16, 1000)
+    second = write_entry(out, "b" * 16, 2000)
+    assert first.exists() and second.exists()
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])
@@ -400,7 +410,7 @@ def test_cached_engine_builds_once_and_rebuilds_undeserializable(fake_gpu, pipel
 
 
 def test_new_engine_prunes_the_cache(fake_gpu, pipelines, monkeypatch, tmp_path):
-    set_cache_limit(monkeypatch, 100)
+    set_cache_limit(monkeypatch, 100, tmp_path)
     pipeline = pipelines["dino_s16/4"]
     path4, _ = trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=4, cache_dir=tmp_path, log=lambda m: None)
     messages: list[str] = []
