@@ -28,11 +28,12 @@ SPLIT_ALIGN = 256
 NO_INDEX = 2**31 - 1  # "no candidate yet": larger than any column index, so min() ignores it
 
 
-@triton.autotune(configs=CONFIGS, key=["N", "M", "D", "NORMALIZE", "HAS_MASK"])
+# Tuned per size class, not per size: keypoint matching calls with a new N every time.
+@triton.autotune(configs=CONFIGS, key=["N_CLASS", "M_CLASS", "D", "NORMALIZE", "HAS_MASK"])
 @triton.jit
 def _nearest_kernel(
     src_ptr, tgt_ptr, mask_ptr, inv_src_ptr, inv_tgt_ptr, val_ptr, idx_ptr,
-    N, M, D, cols_per_split, splits,
+    N, M, D, cols_per_split, splits, N_CLASS, M_CLASS,
     ssb, ssn, ssd, stb, stm, std, smb, smm,
     NORMALIZE: tl.constexpr, HAS_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -87,6 +88,11 @@ def column_splits(batch: int, n: int, m: int, device: torch.device) -> int:
     return max(1, min(triton.cdiv(m, SPLIT_ALIGN), triton.cdiv(2 * sms, row_blocks)))
 
 
+def size_class(n: int) -> int:
+    """The autotuning class of a row count: the next power of two, at most 16384."""
+    return min(triton.next_power_of_2(max(n, 1)), 16384)
+
+
 def inverse_norms(x: torch.Tensor, eps: float) -> torch.Tensor:
     """``B x L x D`` -> ``B x L`` float32 ``1 / max(||x||, eps)`` (NaN rows stay NaN)."""
     return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).clamp_min(eps).reciprocal()
@@ -122,7 +128,7 @@ def nearest_triton(src: torch.Tensor, tgt: torch.Tensor, mask: Optional[torch.Te
     if batch * n > 0:
         _nearest_kernel[grid](
             src, tgt, mask_u8, inv_src, inv_tgt, part_val, part_idx,
-            n, m, d, cols_per_split, splits,
+            n, m, d, cols_per_split, splits, size_class(n), size_class(m),
             *src.stride(), *tgt.stride(), *mask_strides,
             NORMALIZE=normalize, HAS_MASK=mask is not None,
         )
