@@ -7,6 +7,7 @@
 #include <mma.h>
 
 #include <cmath>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -73,12 +74,40 @@ __global__ void inv_norm_kernel(Operand src, Operand tgt, int64_t B, int64_t N, 
   if (lane == 0) out[row] = 1.f / fmaxf(sqrtf(ss), eps);
 }
 
+// True when every 16-byte group of an operand's rows can be read with one vector load: depth
+// contiguous, row and batch strides in whole groups, base pointer 16-byte aligned.
+template <typename T>
+__device__ __forceinline__ bool vector_loads_ok(const Operand& x) {
+  constexpr int64_t V = 16 / sizeof(T);
+  return x.stride_d == 1 && x.stride_n % V == 0 && x.stride_b % V == 0 &&
+         reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
+}
+
 // Loads a 64-row x kBK tile of rows [r0, r0 + 64), depth [k0, k0 + kBK) into shared memory,
-// zero-filled out of range. Threads walk the contiguous axis of the operand for coalescing.
+// zero-filled out of range. With `vec`, 16-byte loads where a whole group is in range (element
+// loads at the depth tail); otherwise threads walk the operand's contiguous axis for coalescing.
 template <typename T, int LD>
 __device__ __forceinline__ void load_tile(T (*dst)[LD], const Operand& x, int64_t b, int64_t r0, int64_t rows,
-                                          int64_t k0, int64_t D) {
+                                          int64_t k0, int64_t D, bool vec) {
   const T* base = static_cast<const T*>(x.data) + b * x.stride_b;
+  if (vec) {
+    constexpr int V = 16 / sizeof(T), G = kBK / V;  // elements per group, groups per tile row
+    for (int e = threadIdx.x; e < 64 * G; e += kThreads) {
+      const int r = e / G, kk = (e % G) * V;
+      const int64_t row = r0 + r, k = k0 + kk;
+      const T* src = base + row * x.stride_n + k;
+      if (row < rows && k + V <= D) {
+        union { uint4 raw; T v[V]; } group;
+        group.raw = *reinterpret_cast<const uint4*>(src);
+#pragma unroll
+        for (int j = 0; j < V; ++j) dst[r][kk + j] = group.v[j];
+      } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) dst[r][kk + j] = (row < rows && k + j < D) ? src[j] : zero_of<T>();
+      }
+    }
+    return;
+  }
   const bool depth_fast = x.stride_d == 1;
   for (int e = threadIdx.x; e < 64 * kBK; e += kThreads) {
     const int r = depth_fast ? e / kBK : e % 64, kk = depth_fast ? e % kBK : e / 64;
@@ -88,8 +117,10 @@ __device__ __forceinline__ void load_tile(T (*dst)[LD], const Operand& x, int64_
 }
 
 // Grid: (row blocks, column splits, B). Each block owns 64 source rows and sweeps its share of
-// the target columns tile by tile, keeping a top-k per (row, half) in registers/local memory.
-template <typename T>
+// the target columns tile by tile, keeping a top-k per (row, half). K > 0 fixes k at compile time
+// (the lists then live in registers; K = 1 is nearest-neighbour matching); K = 0 reads p.k and
+// keeps kMaxK-long lists in local memory.
+template <typename T, int K>
 __global__ void __launch_bounds__(kThreads) topk_kernel(TopKProblem p, const float* inv_norm, int splits,
                                                        float* part_val, int64_t* part_idx) {
   using namespace nvcuda;
@@ -100,7 +131,8 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopKProblem p, const flo
   __shared__ __align__(128) float Cs[kBM][kBN + kPadC];
 
   const int64_t b = blockIdx.z, r0 = int64_t(blockIdx.x) * kBM;
-  const int split = blockIdx.y, tid = threadIdx.x, k = p.k;
+  constexpr int kCap = K > 0 ? K : kMaxK;
+  const int split = blockIdx.y, tid = threadIdx.x, k = K > 0 ? K : p.k;
   const int64_t tiles = (p.M + kBN - 1) / kBN, per_split = (tiles + splits - 1) / splits;
   const int64_t t_begin = split * per_split, t_end = min(tiles, t_begin + per_split);
   const int my_row = tid / 2, my_half = tid % 2;
@@ -108,8 +140,9 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopKProblem p, const flo
   const float row_scale = (p.normalize && grow < p.N) ? inv_norm[b * p.N + grow] : 1.f;
   const float* inv_t = p.normalize ? inv_norm + p.B * p.N + b * p.M : nullptr;
 
-  float vals[kMaxK];
-  int64_t idx[kMaxK];
+  const bool vec_src = vector_loads_ok<T>(p.src), vec_tgt = vector_loads_ok<T>(p.tgt);
+  float vals[kCap];
+  int64_t idx[kCap];
   for (int e = 0; e < k; ++e) { vals[e] = -INFINITY; idx[e] = -1; }
 
   for (int64_t t = t_begin; t < t_end; ++t) {
@@ -120,8 +153,8 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopKProblem p, const flo
       for (int i = 0; i < 2; ++i)
         for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
       for (int64_t k0 = 0; k0 < p.D; k0 += kBK) {
-        load_tile<T, LD>(As, p.src, b, r0, p.N, k0, p.D);
-        load_tile<T, LD>(Bs, p.tgt, b, c0, p.M, k0, p.D);
+        load_tile<T, LD>(As, p.src, b, r0, p.N, k0, p.D, vec_src);
+        load_tile<T, LD>(Bs, p.tgt, b, c0, p.M, k0, p.D, vec_tgt);
         __syncthreads();
         for (int kk = 0; kk < kBK; kk += 16) {
           wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[2];
@@ -142,8 +175,8 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopKProblem p, const flo
       const int tr = tid / 8, tc = tid % 8;
       float acc[4][8] = {};
       for (int64_t k0 = 0; k0 < p.D; k0 += kBK) {
-        load_tile<T, LD>(As, p.src, b, r0, p.N, k0, p.D);
-        load_tile<T, LD>(Bs, p.tgt, b, c0, p.M, k0, p.D);
+        load_tile<T, LD>(As, p.src, b, r0, p.N, k0, p.D, vec_src);
+        load_tile<T, LD>(Bs, p.tgt, b, c0, p.M, k0, p.D, vec_tgt);
         __syncthreads();
         for (int kk = 0; kk < kBK; ++kk) {
           float av[4], bv[8];
@@ -171,8 +204,8 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopKProblem p, const flo
   }
 
   // Merge the two halves of each row (neighbouring lanes), then write this split's partial list.
-  float ov[kMaxK];
-  int64_t oi[kMaxK];
+  float ov[kCap];
+  int64_t oi[kCap];
   for (int e = 0; e < k; ++e) { ov[e] = vals[e]; oi[e] = idx[e]; }
   for (int e = 0; e < k; ++e) {
     const float v = __shfl_xor_sync(0xffffffffu, ov[e], 1);
@@ -185,12 +218,14 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopKProblem p, const flo
   }
 }
 
+template <int K>
 __global__ void merge_splits_kernel(TopKProblem p, int splits, const float* part_val, const int64_t* part_idx) {
   const int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= p.B * p.N) return;
-  const int k = p.k;
-  float vals[kMaxK];
-  int64_t idx[kMaxK];
+  constexpr int kCap = K > 0 ? K : kMaxK;
+  const int k = K > 0 ? K : p.k;
+  float vals[kCap];
+  int64_t idx[kCap];
   for (int e = 0; e < k; ++e) { vals[e] = -INFINITY; idx[e] = -1; }
   for (int64_t e = 0; e < int64_t(splits) * k; ++e) insert(vals, idx, k, part_val[row * splits * k + e], part_idx[row * splits * k + e]);
   for (int e = 0; e < k; ++e) { p.out_sim[row * k + e] = vals[e]; p.out_index[row * k + e] = idx[e]; }
@@ -260,9 +295,16 @@ void launch_topk(const TopKProblem& p, int splits, float* inv_norm, float* part_
     check(cudaGetLastError(), "inv_norm_kernel");
   }
   const dim3 grid(unsigned((p.N + kBM - 1) / kBM), unsigned(splits), unsigned(p.B));
-  topk_kernel<T><<<grid, kThreads, 0, stream>>>(p, inv_norm, splits, part_val, part_idx);
-  check(cudaGetLastError(), "topk_kernel");
-  merge_splits_kernel<<<unsigned((p.B * p.N + 127) / 128), 128, 0, stream>>>(p, splits, part_val, part_idx);
+  const unsigned merge_blocks = unsigned((p.B * p.N + 127) / 128);
+  if (p.k == 1) {
+    topk_kernel<T, 1><<<grid, kThreads, 0, stream>>>(p, inv_norm, splits, part_val, part_idx);
+    check(cudaGetLastError(), "topk_kernel");
+    merge_splits_kernel<1><<<merge_blocks, 128, 0, stream>>>(p, splits, part_val, part_idx);
+  } else {
+    topk_kernel<T, 0><<<grid, kThreads, 0, stream>>>(p, inv_norm, splits, part_val, part_idx);
+    check(cudaGetLastError(), "topk_kernel");
+    merge_splits_kernel<0><<<merge_blocks, 128, 0, stream>>>(p, splits, part_val, part_idx);
+  }
   check(cudaGetLastError(), "merge_splits_kernel");
 }
 
