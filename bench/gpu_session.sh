@@ -5,7 +5,7 @@
 # to $OUT (default bench/results/gpu-session), a stage table is printed last. Nothing here is
 # installed from a registry: the machine's python3 has torch, triton, onnxruntime, pytest-benchmark.
 #
-#   LIFT_GPU_STAGES="build tests matcher head pipeline compile"  stages to run (default: all)
+#   LIFT_GPU_STAGES="build tests matcher head pipeline compile compile_pipeline"  stages (default: all)
 #   LIFT_GPU_LIMIT_<STAGE>=seconds                               override one stage's limit
 #   LIFT_GPU_TOTAL=seconds                                       whole-script budget (default 540,
 #                                                                under the device tool's 600 s per call)
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results/gpu-session}"
 mkdir -p "$OUT"
 PY=python3
-STAGES="${LIFT_GPU_STAGES:-build tests matcher head pipeline compile}"
+STAGES="${LIFT_GPU_STAGES:-build tests matcher head pipeline compile compile_pipeline}"
 DEADLINE=$((SECONDS + ${LIFT_GPU_TOTAL:-540}))
 SUMMARY="$OUT/stages.txt"
 : > "$SUMMARY"
@@ -31,7 +31,7 @@ stage() {  # stage NAME DEFAULT_LIMIT COMMAND...: run with a limit, log to $OUT/
   [[ " $STAGES " == *" $name "* ]] || return 0
   local left=$((DEADLINE - SECONDS - 5))
   if ((left < 20)); then
-    printf '%-9s not run: the session budget is spent\n' "$name" | tee -a "$SUMMARY"
+    printf '%-16s not run: the session budget is spent\n' "$name" | tee -a "$SUMMARY"
     return 0
   fi
   ((secs > left)) && secs=$left
@@ -39,7 +39,7 @@ stage() {  # stage NAME DEFAULT_LIMIT COMMAND...: run with a limit, log to $OUT/
   local t0=$SECONDS
   timeout --signal=INT --kill-after=15 "$secs" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
-  printf '%-9s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$(tail -n 1 "$OUT/$name.log" | cut -c1-110)" | tee -a "$SUMMARY"
+  printf '%-16s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$(tail -n 1 "$OUT/$name.log" | cut -c1-110)" | tee -a "$SUMMARY"
 }
 
 {
@@ -74,8 +74,11 @@ stage pipeline 120 $PY -m pytest bench/test_bench_pipeline.py --benchmark-only -
   -k "(224px-b1 or 224px-b8) and not compile" --benchmark-json="$OUT/pipeline.json"
 
 # 5. torch.compile (max-autotune compiles for minutes): last, so that it cannot starve the rest.
+#    The head at 224 px (issue 6 compares the Triton path with it), then the bf16 pipeline (issue 5).
 stage compile 150 $PY -m pytest bench/test_bench_lift_head.py --benchmark-only -s -q -k "gpu and compile and 224" \
   -p no:cacheprovider --benchmark-json="$OUT/lift_head_compile.json"
+stage compile_pipeline 150 $PY -m pytest bench/test_bench_pipeline.py --benchmark-only -q -p no:cacheprovider \
+  -k "compile and bf16 and (224px-b1 or 224px-b8)" --benchmark-json="$OUT/pipeline_compile.json"
 
 echo
 echo "== stages (rc 124 = stopped at its limit)"
