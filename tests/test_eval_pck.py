@@ -164,6 +164,7 @@ def test_cli_lift_without_weights_is_an_error(capsys):
     (["--dataset", "spair:/nonexistent"], "does not look like SPair-71k"),
     (["--backend", "tvm"], "unknown backend 'tvm'"),
     (["--pairs", "0"], "--pairs must be at least 1"),
+    (["--device", "meta"], "an Engine runs on cpu, cuda or cuda:N"),
 ])
 def test_cli_bad_arguments_give_a_message(capsys, args, message):
     code = eval_main(["pck", "--backbone", "dino_s16", "--random-init", "--resolutions", "32", "--upsampler", "none", *args])

@@ -112,7 +112,9 @@ def _run(args: argparse.Namespace) -> int:
             upsamplers["rc (untrained)"] = build_upsampler(name, spec.dim, spec.patch_size)
         else:
             upsamplers[name] = build_upsampler(name, spec.dim, spec.patch_size)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from lift_rt.engine import engine_device
+
+    device = engine_device(args.device)
     dataset = ImageFolder(args.data, imsize)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, num_workers=args.workers)
     results = evaluate_fidelity(backbone, upsamplers, (images for images, _ in loader), device)
@@ -152,6 +154,6 @@ def add_parser(subparsers) -> None:
     add("--imsize", type=int, default=None, help="evaluation size S (default: the checkpoint's training size, else 448)")
     add("--batch", type=int, default=8, help="images per forward pass (default 8)")
     add("--workers", type=int, default=0, help="data-loading processes (default 0)")
-    add("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    add("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add("--json", default=None, metavar="PATH", help="also write the results as JSON")
     parser.set_defaults(func=run)

@@ -335,8 +335,9 @@ def build_feature_pipeline(
 def build_backend(pipeline, backend: str = "torch", *, device: str | torch.device = "cpu", precision: str = "fp32", **options):
     """Wrap a pipeline in a backend by name; ``BackendUnavailable`` says why one cannot run."""
     from lift_rt.backends import BackendUnavailable, backend_class, choose_backend
+    from lift_rt.engine import engine_device
 
-    device = torch.device(device)
+    device = engine_device(device)
     if backend == "auto":
         backend, _ = choose_backend(device)
     cls = backend_class(backend)
@@ -459,7 +460,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--iterations", type=int, default=1)
     p.add_argument("--backend", default="torch")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--matcher", default="auto", choices=("auto", "torch", "cpp"))
     p.add_argument("--average", default="category", choices=AVERAGES)
     p.add_argument("--mutual", action="store_true", help="count only mutual nearest neighbours")
@@ -477,7 +478,9 @@ def run_cli(args: argparse.Namespace) -> int:
     upsamplers = [u for u in args.upsampler.split(",") if u]
     for name in upsamplers:
         check_upsampler(spec.name, name, lift=args.lift, random_init=args.random_init)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from lift_rt.engine import engine_device
+
+    device = engine_device(args.device)
     if args.pairs is not None and args.pairs < 1:
         raise ValueError(f"--pairs must be at least 1, got {args.pairs}")
     per_category = args.pairs or (100 if args.dataset.startswith("spair:") else 20)
