@@ -5,7 +5,7 @@
 # to $OUT (default bench/results/gpu-session), a stage table is printed last. Nothing here is
 # installed from a registry: the machine's python3 has torch, triton, onnxruntime, pytest-benchmark.
 #
-#   LIFT_GPU_STAGES="build tests matcher head pipeline compile compile_pipeline"  stages (default: all)
+#   LIFT_GPU_STAGES="build tests matcher head pipeline compile compile_pipeline train"  (default: all)
 #   LIFT_GPU_LIMIT_<STAGE>=seconds                               override one stage's limit
 #   LIFT_GPU_TOTAL=seconds                                       whole-script budget (default 540,
 #                                                                under the device tool's 600 s per call)
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results/gpu-session}"
 mkdir -p "$OUT"
 PY=python3
-STAGES="${LIFT_GPU_STAGES:-build tests matcher head pipeline compile compile_pipeline}"
+STAGES="${LIFT_GPU_STAGES:-build tests matcher head pipeline compile compile_pipeline train}"
 DEADLINE=$((SECONDS + ${LIFT_GPU_TOTAL:-540}))
 SUMMARY="$OUT/stages.txt"
 : > "$SUMMARY"
@@ -79,6 +79,12 @@ stage compile 150 $PY -m pytest bench/test_bench_lift_head.py --benchmark-only -
   -p no:cacheprovider --benchmark-json="$OUT/lift_head_compile.json"
 stage compile_pipeline 150 $PY -m pytest bench/test_bench_pipeline.py --benchmark-only -q -p no:cacheprovider \
   -k "compile and bf16 and (224px-b1 or 224px-b8)" --benchmark-json="$OUT/pipeline_compile.json"
+
+# 6. Training throughput (issue 3's open GPU number): dino_s8 at 448 px, bf16 autocast, 30 steps of 64.
+stage train 120 bash -c "$PY -m lift_rt.data sample /tmp/lift-demo --crops 40 --size 448 > /dev/null && \
+  $PY -m lift_rt.train --backbone dino_s8 --random-init --data /tmp/lift-demo/train --epochs 6 --max-steps 30 \
+  --batch 64 --workers 8 --no-progress --out /tmp/lift-train && cp /tmp/lift-train/log.jsonl $OUT/train-log.jsonl && \
+  tail -n 1 /tmp/lift-train/log.jsonl"
 
 echo
 echo "== stages (rc 124 = stopped at its limit)"
