@@ -10,7 +10,7 @@ from kernel_utils import DEVICE, DTYPES, GPU  # sets TRITON_INTERPRET first
 from lift_rt import _C, matching
 from lift_rt import matching_reference as ref
 from lift_rt.kernels.match_nearest import column_splits, nearest_triton
-from test_matching import assert_topk_close, integer_inputs, randn
+from matching_utils import assert_topk_close, integer_inputs, randn
 
 # Similarities are in [-1, 1]; 16-bit operands round each product, the sum is fp32 on both sides.
 SIM_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
