@@ -98,15 +98,17 @@ def _match_topk(src: Tensor, tgt: Tensor, mask: Optional[Tensor], k: int, normal
     elif k == 1 and cuda_impl() == "triton":
         from lift_rt.kernels.match_nearest import nearest_triton
 
-        best, best_sim = nearest_triton(src, tgt, mask, normalize=normalize, eps=eps)
+        with torch.cuda.device(src.device):
+            best, best_sim = nearest_triton(src, tgt, mask, normalize=normalize, eps=eps)
         index, sim = best.unsqueeze(-1), best_sim.unsqueeze(-1)
     elif b * n > 0:
         splits = _cuda_splits(b, n, m, src.device)
         inv_norm = torch.empty(b * (n + m) if normalize else 1, dtype=torch.float32, device=src.device)
         part_val = torch.empty(b * n * splits * k, dtype=torch.float32, device=src.device)
         part_idx = torch.empty(b * n * splits * k, dtype=torch.int64, device=src.device)
-        _C.topk_cuda(*args, splits, inv_norm.data_ptr(), part_val.data_ptr(), part_idx.data_ptr(),
-                     _cuda_stream(src.device))
+        with torch.cuda.device(src.device):  # the kernels launch on the current device
+            _C.topk_cuda(*args, splits, inv_norm.data_ptr(), part_val.data_ptr(), part_idx.data_ptr(),
+                         _cuda_stream(src.device))
     return index, sim
 
 
@@ -127,7 +129,8 @@ def _soft_argmax(src: Tensor, tgt: Tensor, mask: Optional[Tensor], index: Tensor
     if src.device.type == "cpu":
         _C.soft_argmax_cpu(*args, torch.get_num_threads())
     elif b * n > 0:
-        _C.soft_argmax_cuda(*args, _cuda_stream(src.device))
+        with torch.cuda.device(src.device):
+            _C.soft_argmax_cuda(*args, _cuda_stream(src.device))
     return out
 
 

@@ -24,7 +24,7 @@ from lift_rt.model import LiFT
 
 GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if GPU else "cpu")
-KERNEL_MODULES = ("runtime", "fold", "conv2d", "up_conv", "lift_head")
+KERNEL_MODULES = ("runtime", "fold", "conv2d", "up_conv", "lift_head", "match_nearest")
 
 if GPU:
     os.environ.setdefault("LIFT_TRITON_AUTOTUNE", "0")

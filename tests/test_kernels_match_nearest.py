@@ -59,10 +59,11 @@ def test_mask_nan_and_rows_without_candidates():
 
 
 def test_strided_inputs_are_read_in_place():
-    src = randn(3, 50, 48, seed=4)[:, ::2, 4:44]  # row and batch strides that are not the contiguous ones
-    tgt = randn(3, 40, 90, seed=5).transpose(1, 2)  # D is the strided axis
-    index, sim = nearest_triton(src.to(DEVICE), tgt.to(DEVICE))
-    check(index, sim, src, tgt.contiguous(), torch.float32)
+    src = randn(3, 50, 48, device=DEVICE, seed=4)[:, ::2, 4:44]  # row and batch strides that are not the contiguous ones
+    tgt = randn(3, 40, 90, device=DEVICE, seed=5).transpose(1, 2)  # D is the strided axis
+    assert not src.is_contiguous() and tgt.stride(-1) != 1
+    index, sim = nearest_triton(src, tgt)
+    check(index, sim, src, tgt, torch.float32)
 
 
 def test_column_splits_fill_the_device():

@@ -23,6 +23,20 @@ def test_nearest_matches_reference(device, dtype, b, n, m, d):
     assert_topk_close(index.unsqueeze(-1), sim.unsqueeze(-1), src, tgt, 1)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("view", ["depth_ends_mid_group", "rows_off_alignment"])
+@pytest.mark.parametrize("k", [1, 4])
+def test_views_that_defeat_wide_loads(device, dtype, view, k):
+    """Depth ending inside a 16-byte group of aligned rows, and rows starting one element past an
+    aligned address: the CUDA kernel's 16-byte tile loads must handle the tail and fall back."""
+    width, cut = (32, slice(0, 30)) if view == "depth_ends_mid_group" else (40, slice(1, 33))
+    src = randn(2, 50, width, dtype=dtype, device=device, seed=8)[..., cut]
+    tgt = randn(2, 70, width, dtype=dtype, device=device, seed=9)[..., cut]
+    index, sim = matching.topk(src, tgt, k)
+    assert_topk_close(index, sim, src, tgt, k)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("k", [1, 4, 16])
 def test_every_cpu_kernel_is_exact_on_integer_inputs(monkeypatch, isa, k):
