@@ -2,7 +2,10 @@
 
     python bench/matching_table.py            # N = M in {784, 3136}, D in {384, 768}
     python bench/matching_table.py --full     # adds N = M = 12544
-Writes bench/results/matching-<date>.json (device, commit, date, numbers) and prints the table.
+    MKL_ENABLE_INSTRUCTIONS=AVX2 LIFT_MATCH_ISA=avx2 python bench/matching_table.py --full
+                                              # both sides held to AVX2 (a stand-in for an AVX2-only CPU)
+Writes bench/results/matching-<isa>-<date>.json (device, ISA, MKL setting, commit, date, numbers)
+and prints the table.
 Also the shared definitions of bench/test_bench_matching.py.
 """
 from __future__ import annotations
@@ -109,8 +112,10 @@ def main() -> None:
                          "peak_extra_mb": peak_extra_mb(n, d)})
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     date = datetime.datetime.now().strftime("%Y-%m-%d")
-    result = {"device": f"{cpu_name()}, {matching.cpu_isa()}", "commit": commit(), "date": date, "torch": torch.__version__, "rows": rows}
-    out = Path(__file__).parent / "results" / f"matching-{date}.json"
+    isa = matching.cpu_isa()
+    result = {"device": f"{cpu_name()}, {isa}", "mkl_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "default"),
+              "commit": commit(), "date": date, "torch": torch.__version__, "rows": rows}
+    out = Path(__file__).parent / "results" / f"matching-{isa}-{date}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"\n{result['device']}, commit {result['commit']}, {date}\n\n{markdown(rows)}\n\nsaved {out}")
