@@ -3,6 +3,7 @@
     python bench/record.py                      # each bench file with --benchmark-only, record, render
     python bench/record.py -k pipeline          # extra arguments go to pytest
     python bench/record.py --render-only        # re-render from the recorded files
+    python bench/record.py --import-session DIR # results of bench/gpu_session.sh (its $OUT, fetched)
 
 Writes ``bench/results/bench-<device>-<date>.json`` (device, commit, date, torch
 version, one entry per benchmark with its mean time and extra_info) and
@@ -50,8 +51,13 @@ def run_benchmarks(pytest_args: list[str]) -> dict:
     return merged
 
 
-def record(raw: dict, note: str = "") -> Path:
-    """Keep what the table needs (and the machine) from pytest-benchmark's JSON; write it."""
+def record(raw: dict, note: str = "", *, device: str | None = None, commit_id: str | None = None,
+           torch_version: str | None = None) -> Path:
+    """Keep what the table needs (and the machine) from pytest-benchmark's JSON; write it.
+
+    ``device``, ``commit_id`` and ``torch_version`` default to this machine's (pass them for
+    results made elsewhere).
+    """
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -62,15 +68,58 @@ def record(raw: dict, note: str = "") -> Path:
          "rounds": b["stats"]["rounds"], "extra_info": b.get("extra_info", {})}
         for b in raw["benchmarks"]
     ]
-    now = datetime.datetime.now(datetime.timezone.utc)
-    device = device_name()
-    data = {"device": device, "commit": commit(), "date": now.isoformat(timespec="seconds"), "torch": torch.__version__,
-            "note": note, "machine_info": raw.get("machine_info", {}), "benchmarks": entries}
+    now = datetime.datetime.fromisoformat(raw["datetime"]) if "datetime" in raw else datetime.datetime.now(datetime.timezone.utc)
+    device = device or device_name()
+    data = {"device": device, "commit": commit_id or commit(), "date": now.isoformat(timespec="seconds"),
+            "torch": torch_version or torch.__version__, "note": note, "machine_info": raw.get("machine_info", {}),
+            "benchmarks": entries}
     slug = re.sub(r"[^a-z0-9]+", "-", device.lower().split(",")[0]).strip("-")[:40]
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{PREFIX}{slug}-{now:%Y-%m-%d}.json"
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path
+
+
+def import_session(folder: Path) -> list[Path]:
+    """Record what ``bash bench/gpu_session.sh`` left in its $OUT (machine.txt, stages.txt, session.tgz).
+
+    The benchmark JSONs become one bench-<gpu>-<date>.json record (device, commit and date of
+    the GPU run), the matcher table is copied as it is, and the stage table, machine facts and
+    the tests' failure lines go to gpu-session-<gpu>-<date>.txt.
+    """
+    import tarfile
+
+    machine = (folder / "machine.txt").read_text()
+    gpu_line = next((line for line in machine.splitlines()[1:] if line.count(",") >= 2 and not line.startswith("name")), "")
+    device = gpu_line.split(",")[0].strip() or "unknown GPU"
+    match = re.search(r"^torch (\S+)", machine, re.MULTILINE)
+    torch_version = match.group(1) if match else None
+    written = []
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(folder / "session.tgz") as archive:
+        archive.extractall(tmp, filter="data")
+        logs = Path(tmp)
+        merged: dict = {"benchmarks": []}
+        for path in sorted(logs.glob("*.json")):
+            raw = json.loads(path.read_text())
+            if "benchmarks" in raw:  # pytest-benchmark output
+                merged.setdefault("datetime", raw.get("datetime"))
+                merged.setdefault("commit_info", raw.get("commit_info", {}))
+                merged["benchmarks"] += raw["benchmarks"]
+            else:  # bench/matching_cuda_table.py output, already in its final form
+                written.append(RESULTS / path.name)
+                written[-1].write_text(path.read_text())
+        slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")[:40]
+        date = (merged.get("datetime") or datetime.date.today().isoformat())[:10]
+        if merged["benchmarks"]:
+            info = merged.get("commit_info", {})
+            commit_id = (info.get("id") or "unknown")[:7] + ("+dirty" if info.get("dirty") else "")
+            written.append(record(merged, "bench/gpu_session.sh", device=device, commit_id=commit_id, torch_version=torch_version))
+        failures = "".join(line for log in sorted(logs.glob("*.log")) for line in log.read_text(errors="replace").splitlines(True)
+                           if line.startswith(("FAILED", "ERROR")))
+        summary = RESULTS / f"gpu-session-{slug}-{date}.txt"
+        summary.write_text(f"{machine}\n{(folder / 'stages.txt').read_text()}\n{failures or 'no FAILED / ERROR lines'}\n")
+        written.append(summary)
+    return written
 
 
 def latest_per_device() -> list[dict]:
@@ -120,6 +169,15 @@ def render_device(rec: dict) -> list[str]:
                 for e in (b["extra_info"] for b in parity)]
         lines += [f"PCK parity at {parity[0]['extra_info']['size']} px (runtime = Engine + C++ matcher, reference = eager + PyTorch matching):", ""]
         lines += _table(["backend", "precision", "reference PCK@0.1", "runtime PCK@0.1", "max diff (points)"], rows) + [""]
+    heads = by_kind.get("lift_head", [])
+    if heads:
+        rows = [[e["variant"], e["dtype"].removeprefix("torch."), str(e["height"]), str(e["batch"]),
+                 f"{e['device_ms']:.4f}" if e.get("device_ms") else f"{b['mean_s'] * 1e3:.3f}", f"{e['floor_ms']:.4f}",
+                 f"{(e.get('device_ms') or b['mean_s'] * 1e3) / e['floor_ms']:.1f}x"]
+                for b, e in ((b, b["extra_info"]) for b in heads)]
+        lines += ["LiFT head alone, dino_s8 geometry (ms: CUDA-event median on a GPU, mean wall time on a CPU; "
+                  "floor from H100 datasheet rates):", ""]
+        lines += _table(["variant", "dtype", "px", "batch", "ms", "floor ms", "x floor"], rows) + [""]
     other = by_kind.get("other", [])
     if other:
         rows = [[b["group"] or "-", b["name"], f"{b['mean_s'] * 1e3:.3f}"] for b in other]
@@ -141,8 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--render-only", action="store_true", help="skip running; render from bench/results/")
     parser.add_argument("--note", default="", help="a remark stored with the record (e.g. 'machine loaded by other jobs')")
+    parser.add_argument("--import-session", type=Path, metavar="DIR",
+                        help="record the $OUT of bench/gpu_session.sh (machine.txt, stages.txt, session.tgz) instead of running")
     args, pytest_args = parser.parse_known_args(argv)
-    if not args.render_only:
+    if args.import_session:
+        for path in import_session(args.import_session):
+            print(f"recorded {path}")
+    elif not args.render_only:
         print(f"recorded {record(run_benchmarks(pytest_args), args.note)}")
     table = render()
     (RESULTS / "README_table.md").write_text(table)

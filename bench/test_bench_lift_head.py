@@ -109,7 +109,7 @@ def run_case(benchmark, variant: str, height: int, batch: int, device: str, dtyp
             event_ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
         else:
             timed, event_ms = fn, None
-        benchmark.extra_info.update(floor, variant=variant, height=height, batch=batch, dtype=str(dtype), device_ms=event_ms)
+        benchmark.extra_info.update(floor, kind="lift_head", variant=variant, height=height, batch=batch, dtype=str(dtype), device_ms=event_ms)
         benchmark.pedantic(timed, rounds=rounds, warmup_rounds=2, iterations=1)
     print(
         f"\n[{variant} {str(dtype)[6:]} {height}px b{batch}] floor {floor['floor_ms']:.4f} ms "
