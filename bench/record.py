@@ -89,6 +89,9 @@ def import_session(folder: Path) -> list[Path]:
     """
     import tarfile
 
+    missing = [name for name in ("machine.txt", "stages.txt", "session.tgz") if not (folder / name).is_file()]
+    if missing:
+        raise SystemExit(f"{folder} holds no {', '.join(missing)}: not the $OUT of bench/gpu_session.sh")
     machine = (folder / "machine.txt").read_text()
     gpu_line = next((line for line in machine.splitlines()[1:] if line.count(",") >= 2 and not line.startswith("name")), "")
     device = gpu_line.split(",")[0].strip() or "unknown GPU"

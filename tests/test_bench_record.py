@@ -1,0 +1,71 @@
+"""bench/record.py --import-session: what bench/gpu_session.sh brings back becomes records."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+import record  # noqa: E402  (bench/ is not a package)
+
+MACHINE = """2026-11-27T10:00:00Z
+abc1234
+name, memory.total [MiB], driver_version, clocks.current.sm [MHz], clocks.current.memory [MHz]
+NVIDIA H200, 143771 MiB, 580.159.04, 1980 MHz, 3201 MHz
+torch 2.11.0+cu130 cuda 13.0 | triton 3.6.0 | onnxruntime 1.30.0 ['CPUExecutionProvider']
+"""
+
+
+def head_benchmark(variant: str, device_ms: float) -> dict:
+    info = {"kind": "lift_head", "variant": variant, "height": 224, "batch": 1, "dtype": "torch.bfloat16",
+            "device_ms": device_ms, "floor_ms": 0.0058, "bytes": 5686176, "flops": 5781078016}
+    return {"name": f"test_lift_head_gpu[{variant}]", "group": None, "extra_info": info,
+            "stats": {"mean": 1e-3, "stddev": 1e-5, "rounds": 50}}
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Path:
+    """A $OUT as gpu_session.sh leaves it: machine.txt, stages.txt, session.tgz."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    work.mkdir()
+    (out / "machine.txt").write_text(MACHINE)
+    (out / "stages.txt").write_text("build            rc=0     61s  ok\ntests            rc=1    120s  1 failed\n")
+    raw = {"datetime": "2026-11-27T10:05:00.000000+00:00", "commit_info": {"id": "0123456789abcdef", "dirty": False},
+           "machine_info": {"node": "gpu"}, "benchmarks": [head_benchmark("triton", 0.081), head_benchmark("eager", 0.412)]}
+    (work / "lift_head.json").write_text(json.dumps(raw))
+    (work / "matching-cuda-nvidia-h200-2026-11-27.json").write_text(json.dumps({"device": "NVIDIA H200", "rows": []}))
+    (work / "tests.log").write_text("..F\nFAILED tests/test_matching.py::test_x - AssertionError\n1 failed, 2 passed\n")
+    with tarfile.open(out / "session.tgz", "w:gz") as archive:
+        archive.add(work, arcname=".")
+    return out
+
+
+def test_import_session_records_the_gpu_run(session, tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(record, "RESULTS", results)
+    written = {path.name for path in record.import_session(session)}
+    assert written == {"matching-cuda-nvidia-h200-2026-11-27.json", "bench-nvidia-h200-2026-11-27.json",
+                       "gpu-session-nvidia-h200-2026-11-27.txt"}
+    rec = json.loads((results / "bench-nvidia-h200-2026-11-27.json").read_text())
+    assert rec["device"] == "NVIDIA H200" and rec["commit"] == "0123456" and rec["torch"] == "2.11.0+cu130"
+    assert rec["date"].startswith("2026-11-27T10:05")
+    summary = (results / "gpu-session-nvidia-h200-2026-11-27.txt").read_text()
+    assert "tests            rc=1" in summary and "FAILED tests/test_matching.py::test_x" in summary
+    table = "\n".join(record.render_device(rec))
+    assert "| triton | bfloat16 | 224 | 1 | 0.0810 | 0.0058 | 14.0x |" in table
+    assert "| eager | bfloat16 | 224 | 1 | 0.4120 |" in table
+
+
+def test_import_session_cli_says_what_is_missing(tmp_path):
+    run = subprocess.run([sys.executable, str(BENCH / "record.py"), "--import-session", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and "holds no machine.txt, stages.txt, session.tgz" in run.stderr
+    assert "Traceback" not in run.stderr
