@@ -4,8 +4,8 @@
     python bench/matching_table.py --full     # adds N = M = 12544
     MKL_ENABLE_INSTRUCTIONS=AVX2 LIFT_MATCH_ISA=avx2 python bench/matching_table.py --full
                                               # both sides held to AVX2 (a stand-in for an AVX2-only CPU)
-Writes bench/results/matching-<isa>-<date>.json (device, ISA, MKL setting, commit, date, numbers)
-and prints the table.
+Writes bench/results/matching-<isa>[-full]-<date>.json (device, ISA, MKL setting, commit, date,
+numbers) and prints the table.
 Also the shared definitions of bench/test_bench_matching.py.
 """
 from __future__ import annotations
@@ -90,8 +90,8 @@ def best_time(fn, a, b, rounds: int = 3) -> float:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| N = M | D | lift (ms) | mm + max (ms) | mm (ms) | speed-up vs mm + max | lift / mm | "
-             "extra MB lift | extra MB mm + max |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| N = M | D | matcher (ms) | mm + max (ms) | mm (ms) | speed-up vs mm + max | matcher / mm | "
+             "extra MB matcher | extra MB mm + max |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t, m = r["time_ms"], r["peak_extra_mb"]
         lines.append(f"| {r['n']} | {r['d']} | {t['lift']:.1f} | {t['mm_max']:.1f} | {t['mm']:.1f} | "
@@ -102,8 +102,10 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="include N = M = 12544")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs per case; the best counts (default 3)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     rows = []
     for n in FULL_SIZES if args.full else SIZES:
         for d in DIMS:
@@ -115,7 +117,7 @@ def main() -> None:
     isa = matching.cpu_isa()
     result = {"device": f"{cpu_name()}, {isa}", "mkl_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "default"),
               "commit": commit(), "date": date, "torch": torch.__version__, "rows": rows}
-    out = Path(__file__).parent / "results" / f"matching-{isa}-{date}.json"
+    out = Path(__file__).parent / "results" / f"matching-{isa}{'-full' if args.full else ''}-{date}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"\n{result['device']}, commit {result['commit']}, {date}\n\n{markdown(rows)}\n\nsaved {out}")

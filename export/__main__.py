@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             say("[3/4] checking: onnx.checker, then onnxruntime (CPU) vs PyTorch fp32 on random images")
             parity = check_onnx(onnx_path, pipeline, precision=args.precision)
-        engine_line, engine_parity = build_tensorrt(args, pipeline, out, say)
+        command = shlex.join(["python", "-m", "lift_rt.export", *(sys.argv[1:] if argv is None else argv)])
+        engine_line, engine_parity = build_tensorrt(args, pipeline, out, say, command)
     except (ValueError, RuntimeError, FileNotFoundError, WeightsNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -139,16 +141,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_tensorrt(
-    args: argparse.Namespace, pipeline: LiftPipeline, out: Path, say: Callable[[str], None]
+    args: argparse.Namespace, pipeline: LiftPipeline, out: Path, say: Callable[[str], None], command: str
 ) -> tuple[str, Parity | None]:
-    """Build (or reuse) the TensorRT engine and check it; else the reason none was built."""
+    """Build (or reuse) the TensorRT engine and check it; else the reason none was built (``command``: this run's)."""
     if args.no_engine:
         say("[4/4] TensorRT engine: skipped (--no-engine)")
         return "not built: --no-engine", None
     reason = tensorrt_unavailable_reason("cuda")
     if reason is not None:
         say(f"[4/4] TensorRT engine: not built, {reason}")
-        return f"not built: {reason}. The ONNX graph above is complete; build the engine on a GPU machine with this command.", None
+        return (f"not built: {reason}.\n          The ONNX graph above is complete; to build the engine, run this command on "
+                f"a machine with TensorRT and an NVIDIA GPU:\n          {command}"), None
     from .trt_backend import TensorRTBackend
 
     say(f"[4/4] TensorRT engine: batch 1..{args.max_batch}, {args.precision}")

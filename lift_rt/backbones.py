@@ -334,17 +334,21 @@ def build_backbone(
     random_init: bool = False,
     facet: str | None = None,
     layer: int | None = None,
+    seed: int = 0,
 ) -> ViTFeatures:
     """Feature extractor for a registry backbone, in eval mode.
 
     Weights come from ``weights`` (the official checkpoint file), else from the
-    Hugging Face cache; random weights only with ``random_init=True``.
+    Hugging Face cache; random weights only with ``random_init=True``, drawn
+    from ``seed`` (the same seed gives the same backbone; the global RNG is untouched).
     """
     spec = get_spec(name)
     if weights is not None and random_init:
         raise ValueError("pass either backbone weights or random_init=True, not both")
     if random_init:
-        vit = create_vit(spec)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vit = create_vit(spec)
     elif weights is not None:
         vit = create_vit(spec)
         load_backbone_weights(spec, vit, weights)

@@ -70,6 +70,48 @@ def read_lift_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return state, {}
 
 
+def read_lift_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a lift_rt safetensors checkpoint without reading its tensors ({} for a ``.pth``)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    if not path.is_file():
+        raise FileNotFoundError(f"LiFT checkpoint {path} does not exist")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:
+        raise ValueError(f"cannot read LiFT checkpoint {path}: {exc}") from exc
+
+
+def trained_backbone(
+    lift: str | os.PathLike | None, *, layer: int | None, random_backbone: bool, seed: int | None = None
+) -> tuple[int | None, int]:
+    """``(layer, seed)`` of the backbone to run the LiFT checkpoint ``lift`` with.
+
+    ``python -m lift_rt.train`` records the block it trained on, whether that backbone
+    was random and its seed: those are the defaults here. A ``layer`` that contradicts
+    the checkpoint's, or a random backbone for a LiFT trained on pretrained weights (or
+    the reverse), is an error: the features would not be the ones LiFT learnt to lift.
+    ``seed`` (default: the checkpoint's, else 0) draws a random backbone's weights.
+    """
+    meta = read_lift_metadata(lift) if isinstance(lift, (str, os.PathLike)) else {}
+    trained_random = meta.get("random_init")
+    if trained_random == "1" and not random_backbone:
+        raise ValueError(f"{lift} was trained against a randomly initialised backbone: pass --random-init "
+                         "(random_init=True) and no backbone weights")
+    if trained_random == "0" and random_backbone:
+        raise ValueError(f"{lift} was trained against pretrained backbone weights: drop --random-init (random_init=True)")
+    if "layer" in meta:
+        if layer is None:
+            layer = int(meta["layer"])
+        elif layer != int(meta["layer"]):
+            raise ValueError(f"{lift} was trained on layer {meta['layer']} of the backbone (0-based block), not {layer}")
+    return layer, seed if seed is not None else int(meta.get("backbone_seed", 0))
+
+
 def load_lift(
     path: str | os.PathLike, *, backbone: str, facet: str | None = None, map_location: str | torch.device = "cpu"
 ) -> LiFT:

@@ -11,7 +11,7 @@ from torch import nn
 
 from lift_rt.backbones import build_backbone, check_resolution, get_spec
 from lift_rt.backends import Backend, BackendUnavailable, backend_class, choose_backend
-from lift_rt.checkpoint import load_lift
+from lift_rt.checkpoint import load_lift, trained_backbone
 from lift_rt.model import LiFT
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.preprocess import precision_dtype, to_image_tensor
@@ -26,21 +26,32 @@ def build_pipeline(
     layer: int | None = None,
     backbone_weights: str | os.PathLike | None = None,
     random_init: bool = False,
+    seed: int | None = None,
 ) -> LiftPipeline:
-    """The reference pipeline with weights resolved; random weights only when ``random_init``."""
+    """The reference pipeline with weights resolved; random weights only when ``random_init``.
+
+    Random weights are drawn from ``seed`` (default: the seed a LiFT checkpoint's random
+    backbone was trained with, else 0), so equal arguments give equal pipelines. A LiFT
+    checkpoint from ``python -m lift_rt.train`` also sets the default ``layer``
+    (:func:`lift_rt.checkpoint.trained_backbone`).
+    """
     spec = get_spec(backbone)
+    random_backbone = random_init and backbone_weights is None
+    layer, seed = trained_backbone(lift, layer=layer, random_backbone=random_backbone, seed=seed)
     if isinstance(lift, nn.Module):
         module = copy.deepcopy(lift)  # backends cast and move it; the caller's module stays as it was
     elif lift is not None:
         module = load_lift(lift, backbone=spec.name, facet=facet)
     elif random_init:
-        module = LiFT(dim=spec.dim, patch_size=spec.patch_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = LiFT(dim=spec.dim, patch_size=spec.patch_size)
     else:
         raise ValueError(
             f"no LiFT weights given for {spec.name}: pass lift=PATH (the authors' "
             f"{spec.lift_file or 'checkpoint'} or a lift_rt .safetensors), or random_init=True for random weights"
         )
-    vit = build_backbone(spec, weights=backbone_weights, random_init=random_init and backbone_weights is None, facet=facet, layer=layer)
+    vit = build_backbone(spec, weights=backbone_weights, random_init=random_backbone, facet=facet, layer=layer, seed=seed)
     if module.dim != spec.dim:
         raise ValueError(f"LiFT of width {module.dim} does not fit {spec.name} (width {spec.dim})")
     if getattr(module, "patch_size", spec.patch_size) != spec.patch_size:

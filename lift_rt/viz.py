@@ -128,7 +128,6 @@ def parse_point(text: str) -> tuple[float, float]:
 
 def similarity_command(args: argparse.Namespace) -> int:
     from lift_rt.backbones import check_resolution, get_spec
-    from lift_rt.checkpoint import read_lift_state
     from lift_rt.eval.pck import build_feature_pipeline
 
     image = read_image(args.image)
@@ -137,14 +136,10 @@ def similarity_command(args: argparse.Namespace) -> int:
     if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
         raise ValueError(f"--point {x:g},{y:g} lies outside the {w} x {h} image")
     check_resolution(get_spec(args.backbone), args.size, args.size)
-    # A LiFT trained against a random backbone (lift_rt.train --random-init) records that
-    # backbone's seed and layer: rebuild the very same one.
-    meta = read_lift_state(args.lift)[1] if args.lift else {}
-    layer = args.layer if args.layer is not None else (int(meta["layer"]) if "layer" in meta else None)
-    seed = args.seed if args.seed is not None else int(meta.get("backbone_seed", 0))
-    torch.manual_seed(seed)
+    # The backbone's block and random seed default to the checkpoint's (lift_rt.checkpoint.trained_backbone).
     pipeline = build_feature_pipeline(
-        args.backbone, "lift", lift=args.lift, random_init=args.random_init, backbone_weights=args.backbone_weights, layer=layer
+        args.backbone, "lift", lift=args.lift, random_init=args.random_init, backbone_weights=args.backbone_weights,
+        layer=args.layer, seed=args.seed,
     )
     canvas, box = letterbox(image, args.size)
     point = tuple(box.points(np.array([[x, y]]))[0])

@@ -123,3 +123,42 @@ def test_lift_module_must_fit_the_backbone():
         Engine("dino_s16", lift=LiFT(768, 16), random_init=True, layer=0)
     with pytest.raises(ValueError, match="patch size 8 does not fit dino_s16"):
         Engine("dino_s16", lift=LiFT(384, 8), random_init=True, layer=0)
+
+
+def test_random_init_is_reproducible():
+    from lift_rt.engine import build_pipeline
+
+    first, second = build_pipeline("dino_s16", random_init=True), build_pipeline("dino_s16", random_init=True)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+    other = build_pipeline("dino_s16", random_init=True, seed=1)
+    assert not torch.equal(first.backbone.patch_embed.weight, other.backbone.patch_embed.weight)
+
+
+def trained_checkpoint(tmp_path, **metadata: str):
+    """A LiFT file with the metadata python -m lift_rt.train writes about its backbone."""
+    return save_lift(LiFT(384, 16), tmp_path / "trained.safetensors", backbone="dino_s16", facet="key", extra=metadata)
+
+
+def test_a_trained_checkpoint_sets_layer_and_random_seed(tmp_path):
+    from lift_rt.backbones import build_backbone
+    from lift_rt.engine import build_pipeline
+
+    path = trained_checkpoint(tmp_path, layer="0", random_init="1", backbone_seed="3")
+    pipeline = build_pipeline("dino_s16", path, random_init=True)
+    assert pipeline.backbone.layer == 0
+    trained_on = build_backbone("dino_s16", random_init=True, layer=0, seed=3)
+    assert torch.equal(pipeline.backbone.patch_embed.weight, trained_on.patch_embed.weight)
+    assert Engine("dino_s16", path, random_init=True, device="cpu").pipeline.backbone.layer == 0
+
+
+@pytest.mark.parametrize("metadata, kwargs, message", [
+    ({"layer": "0", "random_init": "1"}, {"random_init": True, "layer": 11}, "trained on layer 0"),
+    ({"layer": "0", "random_init": "1"}, {}, "pass --random-init"),
+    ({"layer": "11", "random_init": "0"}, {"random_init": True}, "trained against pretrained backbone weights"),
+])
+def test_settings_that_contradict_the_checkpoint_are_refused(tmp_path, metadata, kwargs, message):
+    from lift_rt.engine import build_pipeline
+
+    with pytest.raises(ValueError, match=message):
+        build_pipeline("dino_s16", trained_checkpoint(tmp_path, **metadata), **kwargs)

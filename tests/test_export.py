@@ -478,5 +478,6 @@ def test_cli_exports_checks_and_explains_missing_engine(capsys, onnx_cache):
     reason = trt_engine.tensorrt_unavailable_reason("cuda")
     if reason is not None:
         assert "engine  not built: " + reason in out
+        assert "python -m lift_rt.export --backbone dino_s16 --random-init --resolution 112 --out " in out
     else:
         assert "parity  TensorRT vs PyTorch" in out

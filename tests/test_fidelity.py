@@ -123,3 +123,9 @@ def test_cli_takes_facet_and_layer_from_the_checkpoint(heldout, tmp_path, capsys
                      extra={**RANDOM_RUN, "layer": "1"})
     assert main(["fidelity", "--backbone", "dino_s16", "--lift", str(path), "--data", str(heldout), "--random-init"]) == 0
     assert "(token, layer 1, random init)" in capsys.readouterr().out
+
+
+def test_cli_rc_must_be_a_resize_conv(heldout, checkpoints, capsys):
+    code = main(["fidelity", "--backbone", "dino_s16", "--lift", str(checkpoints["lift"]), "--data", str(heldout),
+                 "--random-init", "--rc", str(checkpoints["lift"])])
+    assert code == 2 and "holds a 'lift' upsampler, not a resize-conv" in capsys.readouterr().err

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lift_rt.backbones import FACETS, ViTFeatures, get_spec
-from lift_rt.checkpoint import read_lift_state
+from lift_rt.checkpoint import read_lift_metadata, trained_backbone
 from lift_rt.data import ImageFolder
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.train.losses import feature_pyramid
@@ -70,17 +70,10 @@ def format_table(results: dict[str, tuple[float, float]], title: str) -> str:
     return "\n".join(lines)
 
 
-def _backbone_settings(args: argparse.Namespace, meta: dict[str, str], facet: str) -> dict:
+def _backbone_settings(args: argparse.Namespace, facet: str) -> dict:
     """Backbone settings for the evaluation: the command line, else what the checkpoint was trained with."""
-    trained_random = meta.get("random_init")
-    if trained_random == "1" and not args.random_init:
-        raise ValueError(f"{args.lift} was trained against a randomly initialised backbone: pass --random-init")
-    if trained_random == "0" and args.random_init:
-        raise ValueError(f"{args.lift} was trained against pretrained backbone weights: drop --random-init")
-    layer = args.layer if args.layer is not None else (int(meta["layer"]) if "layer" in meta else None)
-    if "layer" in meta and layer != int(meta["layer"]):
-        raise ValueError(f"{args.lift} was trained on layer {meta['layer']}, not {layer}")
-    seed = args.seed if args.seed is not None else int(meta.get("backbone_seed", 0))
+    layer, seed = trained_backbone(args.lift, layer=args.layer, random_backbone=args.random_init and not args.backbone_weights,
+                                   seed=args.seed)
     return dict(weights=args.backbone_weights, random_init=args.random_init, facet=facet, layer=layer, seed=seed)
 
 
@@ -95,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     spec = get_spec(args.backbone)
-    facet = args.facet or read_lift_state(args.lift)[1].get("facet") or spec.facet
+    facet = args.facet or read_lift_metadata(args.lift).get("facet") or spec.facet
     lift, meta = load_upsampler(args.lift, backbone=spec.name, facet=facet)
-    settings = _backbone_settings(args, meta, facet)
+    settings = _backbone_settings(args, facet)
     imsize = args.imsize or int(meta.get("imsize", 448))
     if imsize <= 0 or imsize % (2 * spec.patch_size):
         raise ValueError(f"--imsize {imsize} must be a multiple of 2 x patch = {2 * spec.patch_size}")
@@ -107,7 +100,11 @@ def _run(args: argparse.Namespace) -> int:
         if name in upsamplers:
             continue
         if name == "rc" and args.rc:
-            upsamplers[name] = load_upsampler(args.rc, backbone=spec.name, facet=facet)[0]
+            rc, rc_meta = load_upsampler(args.rc, backbone=spec.name, facet=facet)
+            if rc_meta.get("upsampler") != "rc":
+                raise ValueError(f"--rc {args.rc} holds a {rc_meta.get('upsampler', 'lift')!r} upsampler, not a resize-conv "
+                                 "(train one with python -m lift_rt.train --upsampler rc)")
+            upsamplers[name] = rc
         elif name == "rc":
             upsamplers["rc (untrained)"] = build_upsampler(name, spec.dim, spec.patch_size)
         else:

@@ -308,27 +308,34 @@ def build_feature_pipeline(
     backbone_weights: str | os.PathLike | None = None,
     iterations: int = 1,
     layer: int | None = None,
+    seed: int | None = None,
 ):
     """The reference pipeline with any upsampler: ``"none"`` returns the backbone's own features.
 
     ``lift`` loads a LiFT checkpoint for ``upsampler="lift"``; without one a
     random LiFT needs ``random_init=True``. The other upsamplers have no weights
-    to load (rc starts as nearest: it is untrained here).
+    to load (rc starts as nearest: it is untrained here). The backbone's block and
+    random seed follow the checkpoint (:func:`lift_rt.checkpoint.trained_backbone`), so
+    every upsampler compared with it sees the features it was trained on.
     """
     from lift_rt.backbones import build_backbone, get_spec
-    from lift_rt.checkpoint import load_lift
+    from lift_rt.checkpoint import load_lift, trained_backbone
     from lift_rt.pipeline import LiftPipeline
     from lift_rt.upsamplers import build_upsampler
 
     spec = get_spec(backbone)
     check_upsampler(spec.name, upsampler, lift=lift, random_init=random_init)
-    vit = build_backbone(spec, weights=backbone_weights, random_init=random_init and backbone_weights is None, layer=layer)
+    random_backbone = random_init and backbone_weights is None
+    layer, seed = trained_backbone(lift, layer=layer, random_backbone=random_backbone, seed=seed)
+    vit = build_backbone(spec, weights=backbone_weights, random_init=random_backbone, layer=layer, seed=seed)
     if upsampler == "none":
         module = None
     elif upsampler == "lift" and lift is not None:
         module = load_lift(lift, backbone=spec.name, facet=vit.facet)
     else:
-        module = build_upsampler(upsampler, spec.dim, spec.patch_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = build_upsampler(upsampler, spec.dim, spec.patch_size)
     return LiftPipeline(vit, module.eval() if module is not None else None, iterations=iterations).eval()
 
 

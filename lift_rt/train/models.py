@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 from torch import nn
 
 from lift_rt.backbones import ViTFeatures, build_backbone, get_spec
@@ -28,9 +27,7 @@ def build_frozen_backbone(
     seed: int = 0,
 ) -> ViTFeatures:
     """:func:`lift_rt.backbones.build_backbone` in eval mode without gradients; random weights drawn from ``seed``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        backbone = build_backbone(name, weights=weights, random_init=random_init, facet=facet, layer=layer)
+    backbone = build_backbone(name, weights=weights, random_init=random_init, facet=facet, layer=layer, seed=seed)
     return backbone.requires_grad_(False).eval()
 
 
