@@ -286,7 +286,8 @@ def match_keypoints(src_feats: Tensor, tgt_feats: Tensor, src_kps: Tensor, image
     cell's centre is mapped to target pixels; ``refine_radius`` > 0 refines it by a windowed
     soft-argmax. tgt_mask B x h' x w' bool restricts the target cells. To reproduce the SPair
     protocol (argmax over target pixels), pass feature maps upsampled to the image size.
-    Returns tgt_kps B x K x 2 (float32 pixels, NaN where no valid target) and similarity B x K.
+    Returns tgt_kps B x K x 2 (float32 pixels) and similarity B x K; a keypoint with a non-finite
+    coordinate (e.g. a missing annotation as NaN) or without a valid target gets NaN and -inf.
     """
     if src_feats.dim() != 4 or tgt_feats.dim() != 4:
         raise ValueError("src_feats and tgt_feats must be B x D x h x w")
@@ -302,7 +303,9 @@ def match_keypoints(src_feats: Tensor, tgt_feats: Tensor, src_kps: Tensor, image
     mask = None if tgt_mask is None else tgt_mask.flatten(1)
     if src_feats.device != tgt_feats.device or src_feats.dtype != tgt_feats.dtype:
         raise ValueError("src_feats and tgt_feats must share dtype and device")
-    src = sample_descriptors(src_feats, src_kps, image_size).to(tgt.dtype)
+    missing = ~torch.isfinite(src_kps.float()).all(dim=-1)  # B x K
+    src = sample_descriptors(src_feats, src_kps.float().masked_fill(missing.unsqueeze(-1), 0.0), image_size)
+    src = src.masked_fill(missing.unsqueeze(-1), float("nan")).to(tgt.dtype)  # a NaN row matches nothing
     index, sim = nearest(src, tgt, normalize=normalize, mask=mask, eps=eps)
     if refine_radius > 0:
         uv = soft_argmax(src, tgt, index, (th, tw), radius=refine_radius, temperature=temperature,

@@ -280,6 +280,15 @@ def test_match_keypoints_identity_at_full_resolution():
     torch.testing.assert_close(matching.cells_to_pixels(uv, (20, 24), (5, 6)), kps)
 
 
+@pytest.mark.parametrize("refine", [0, 1])
+def test_match_keypoints_missing_keypoints_match_nothing(refine):
+    feats = randn(1, 16, 20, 24, seed=27)
+    kps = torch.tensor([[[5.0, 7.0], [float("nan"), 3.0], [12.0, float("inf")], [23.0, 19.0]]])
+    out, sim = matching.match_keypoints(feats, feats, kps, (20, 24), refine_radius=refine)
+    assert torch.isnan(out[0, 1:3]).all() and (sim[0, 1:3] == float("-inf")).all()
+    torch.testing.assert_close(out[0, [0, 3]], kps[0, [0, 3]], atol=0.5, rtol=0)  # the others are unaffected
+
+
 def test_match_keypoints_bad_inputs():
     f = randn(1, 8, 4, 4)
     with pytest.raises(ValueError, match="B x K x 2"):
