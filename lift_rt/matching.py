@@ -16,6 +16,8 @@ Conventions shared by every function here:
   default) rows are scaled to unit L2 norm first (``x / max(||x||, eps)``), i.e. cosine similarity.
 * Ties go to the lowest target index. NaN similarities never win; a row with no valid candidate
   (all targets masked, or NaN in the source row) gets index -1 and similarity -inf.
+* Not differentiable: gradients through the returned similarities raise (no autograd formula);
+  recompute the similarity of the matched pairs with PyTorch ops where a gradient is needed.
 * Bad inputs (wrong rank, mismatched D or batch, empty target set, mixed devices or dtypes,
   unsupported dtype or device) raise ``ValueError`` / ``TypeError``. An empty source set is fine
   and returns empty outputs.
