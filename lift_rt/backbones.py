@@ -257,7 +257,9 @@ def load_backbone_weights(spec: BackboneSpec, vit: nn.Module, path: str | os.Pat
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or not a torch file
-        raise ValueError(f"cannot read backbone checkpoint {path}: {exc}") from exc
+        from lift_rt.cli import load_error_reason
+
+        raise ValueError(f"cannot read backbone checkpoint {path}: not a valid checkpoint file ({load_error_reason(exc)})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
     state = convert_official_state_dict(spec, state)

@@ -61,7 +61,9 @@ def read_lift_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"cannot read LiFT checkpoint {path}: {exc}") from exc
+        from lift_rt.cli import load_error_reason
+
+        raise ValueError(f"cannot read LiFT checkpoint {path}: not a valid checkpoint file ({load_error_reason(exc)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lift_rt.cli import positive_int
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -70,6 +72,10 @@ def color_jitter(image: torch.Tensor, strength: float, generator: torch.Generato
     return image.clamp_(0.0, 1.0)
 
 
+class NoReadableImagesError(ValueError):
+    """An image folder whose files all fail to read."""
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """Every image under ``root``, as ``(3 x size x size float in [0, 1], skipped reads)``.
 
@@ -94,6 +100,18 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def require_readable(self) -> None:
+        """Raise :class:`NoReadableImagesError` unless some file reads as an image (stops at the first that does)."""
+        for path in self.files:
+            try:
+                load_image(path, self.size)
+                return
+            except Exception:  # PIL raises many types for corrupt or truncated files
+                continue
+        raise NoReadableImagesError(
+            f"no readable images under {self.root}: all {len(self.files)} image files found are unreadable"
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's jitter draws (call before creating the epoch's loader iterator)."""
@@ -157,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sample = sub.add_parser("sample", help="write train/ and heldout/ crops of scikit-image's bundled photos")
     sample.add_argument("root", help="output folder")
-    sample.add_argument("--crops", type=int, default=6, help="crops per source photo (default 6)")
-    sample.add_argument("--size", type=int, default=192, help="crop side in pixels (default 192)")
+    sample.add_argument("--crops", type=positive_int, default=6, help="crops per source photo (default 6)")
+    sample.add_argument("--size", type=positive_int, default=192, help="crop side in pixels (default 192)")
     sample.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     folders = write_sample_images(args.root, crops=args.crops, size=args.size, seed=args.seed)

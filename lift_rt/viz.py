@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from lift_rt.cli import check_writable, first_line
 from lift_rt.eval.pck import letterbox, load_rgb
 
 # matplotlib's viridis at 10 evenly spaced stops.
@@ -106,16 +107,38 @@ def render_grid(canvas: np.ndarray, point: tuple[float, float], maps: dict[str, 
     return grid
 
 
+# skimage.data members that are not photos.
+SKIMAGE_NOT_PHOTOS: frozenset[str] = frozenset(
+    {"data_dir", "download_all", "file_hash", "lbp_frontal_face_cascade_filename", "lfw_subset", "stereo_motorcycle"}
+)
+
+
+def read_skimage_photo(name: str) -> np.ndarray:
+    """A scikit-image bundled photo by name -> ``H x W x 3`` uint8; ValueError naming a few valid ones otherwise."""
+    import skimage.data
+
+    if name not in skimage.data.__all__ or name in SKIMAGE_NOT_PHOTOS:
+        examples = ", ".join(f"skimage:{n}" for n in ("astronaut", "camera", "chelsea", "coffee", "rocket"))
+        raise ValueError(f"skimage:{name} is not a scikit-image photo; e.g. {examples}")
+    try:
+        array = getattr(skimage.data, name)()
+    except (ModuleNotFoundError, OSError) as exc:  # photos not bundled need pooch and a download
+        raise ValueError(f"skimage:{name} is not on this machine ({first_line(exc)})") from None
+    if array.ndim not in (2, 3):
+        raise ValueError(f"skimage:{name} is not a 2-D photo (shape {array.shape})")
+    return np.repeat(array[..., None], 3, axis=-1) if array.ndim == 2 else np.ascontiguousarray(array[..., :3])
+
+
 def read_image(source: str) -> np.ndarray:
     """A file path or ``skimage:NAME`` -> ``H x W x 3`` uint8."""
     if source.startswith("skimage:"):
-        import skimage.data
-
-        array = getattr(skimage.data, source.removeprefix("skimage:"))()
-        return np.repeat(array[..., None], 3, axis=-1) if array.ndim == 2 else np.ascontiguousarray(array[..., :3])
+        return read_skimage_photo(source.removeprefix("skimage:"))
     if not Path(source).is_file():
         raise FileNotFoundError(f"image {source} does not exist")
-    return load_rgb(source)
+    try:
+        return load_rgb(source)
+    except OSError as exc:  # PIL's UnidentifiedImageError, truncated or unreadable files
+        raise ValueError(f"image {source} cannot be read as an image ({first_line(exc)})") from None
 
 
 def parse_point(text: str) -> tuple[float, float]:
@@ -130,6 +153,7 @@ def similarity_command(args: argparse.Namespace) -> int:
     from lift_rt.backbones import check_resolution, get_spec
     from lift_rt.eval.pck import build_feature_pipeline
 
+    check_writable(args.out, "--out")
     image = read_image(args.image)
     h, w = image.shape[:2]
     x, y = args.point

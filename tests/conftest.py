@@ -16,3 +16,21 @@ def _empty_hub_cache(tmp_path_factory, monkeypatch, _artifact_cache):
     monkeypatch.setenv("HF_HOME", str(cache))
     monkeypatch.setenv("HF_HUB_CACHE", str(cache / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``cli_error(main, argv)``: run a command-line ``main``, assert it ends with exit status 2 and an
+    ``error:`` message rather than a traceback, and return what it wrote to stderr."""
+
+    def run(main, argv: list[str]) -> str:
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse-level errors
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "error:" in err and "Traceback" not in err, err
+        return err
+
+    return run

@@ -79,6 +79,11 @@ def test_corrupt_and_foreign_files(tmp_path):
         load_lift(other, backbone="dino_s16")
     with pytest.raises(FileNotFoundError):
         load_lift(tmp_path / "absent.pth", backbone="dino_s16")
+    text = tmp_path / "notes.pth"
+    text.write_text("# not a checkpoint\n")
+    with pytest.raises(ValueError, match="cannot read LiFT checkpoint .*: not a valid checkpoint file") as info:
+        load_lift(text, backbone="dino_s16")
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_extra_metadata_cannot_overwrite_reserved_keys(tmp_path):

@@ -9,7 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from lift_rt.data import ImageFolder, SAMPLE_SOURCES, color_jitter, find_images, load_image, write_sample_images
+from lift_rt.data import (
+    SAMPLE_SOURCES, ImageFolder, NoReadableImagesError, color_jitter, find_images, load_image, write_sample_images,
+)
+from lift_rt.data import main as data_main
 
 
 def _write(path, size=(40, 30), mode="RGB", seed=0):
@@ -117,3 +120,20 @@ def test_sample_images_split_by_source_photo(tmp_path):
         assert [f.stem for f in files] == sorted(f"{name}_0" for name in SAMPLE_SOURCES[split])
         with Image.open(files[0]) as image:
             assert image.size == (32, 32) and image.mode == "RGB"
+
+
+def test_require_readable_names_a_folder_of_unreadable_files(tree, tmp_path_factory):
+    ImageFolder(tree, 8).require_readable()  # readable files: nothing to say
+    junk = tmp_path_factory.mktemp("junk")
+    for name in ("a.jpg", "b.png"):
+        (junk / name).write_text("not an image")
+    with pytest.raises(NoReadableImagesError, match="no readable images under .*all 2 image files found are unreadable"):
+        ImageFolder(junk, 8).require_readable()
+    assert issubclass(NoReadableImagesError, ValueError)  # the command-line tools print ValueErrors as messages
+
+
+@pytest.mark.parametrize("flag, value", [("--crops", "0"), ("--size", "0"), ("--size", "-5"), ("--crops", "two")])
+def test_sample_cli_takes_positive_integers(tmp_path, cli_error, flag, value):
+    err = cli_error(data_main, ["sample", str(tmp_path / "out"), flag, value])
+    assert f"argument {flag}:" in err and "positive integer" in err
+    assert not (tmp_path / "out").exists()

@@ -170,3 +170,20 @@ def test_cli_bad_arguments_give_a_message(capsys, args, message):
     code = eval_main(["pck", "--backbone", "dino_s16", "--random-init", "--resolutions", "32", "--upsampler", "none", *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--soft-argmax", "0"], "argument --soft-argmax: must be a positive number, got 0"),
+    (["--soft-argmax", "-1"], "argument --soft-argmax: must be a positive number"),
+    (["--soft-argmax", "nan"], "argument --soft-argmax: must be a positive number"),
+    (["--window", "-1"], "argument --window: must be an integer >= 0, got -1"),
+])
+def test_cli_soft_argmax_settings_name_their_flag(cli_error, args, message):
+    err = cli_error(eval_main, ["pck", "--backbone", "dino_s16", "--random-init", "--resolutions", "32", *args])
+    assert message in err
+
+
+def test_cli_unavailable_cuda_device_is_a_message(monkeypatch, cli_error):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = cli_error(eval_main, ["pck", "--backbone", "dino_s16", "--random-init", "--resolutions", "32", "--device", "cuda"])
+    assert "--device cuda" in err and "no CUDA device" in err

@@ -129,3 +129,48 @@ def test_cli_rc_must_be_a_resize_conv(heldout, checkpoints, capsys):
     code = main(["fidelity", "--backbone", "dino_s16", "--lift", str(checkpoints["lift"]), "--data", str(heldout),
                  "--random-init", "--rc", str(checkpoints["lift"])])
     assert code == 2 and "holds a 'lift' upsampler, not a resize-conv" in capsys.readouterr().err
+
+
+# ---- bad inputs: one-line messages, before any compute -----------------------------------------
+def fidelity_args(checkpoints: dict[str, Path], data: Path, *extra: str) -> list[str]:
+    return ["fidelity", "--backbone", "dino_s16", "--lift", str(checkpoints["lift"]), "--data", str(data),
+            "--random-init", *extra]
+
+
+def test_cli_unavailable_cuda_device_is_a_message(heldout, checkpoints, monkeypatch, cli_error):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = cli_error(main, fidelity_args(checkpoints, heldout, "--device", "cuda"))
+    assert "--device cuda" in err and "no CUDA device" in err
+
+
+def test_cli_folder_of_unreadable_files_is_a_message(checkpoints, tmp_path, cli_error):
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / name).write_text("not an image")
+    err = cli_error(main, fidelity_args(checkpoints, tmp_path))
+    assert f"no readable images under {tmp_path}: all 2 image files found are unreadable" in err
+
+
+def test_cli_unwritable_json_fails_before_the_evaluation(heldout, checkpoints, tmp_path, monkeypatch, cli_error):
+    def no_compute(*args, **kwargs):
+        raise AssertionError("evaluated before checking --json")
+
+    monkeypatch.setattr("lift_rt.eval.fidelity.evaluate_fidelity", no_compute)
+    (tmp_path / "file").write_text("")
+    err = cli_error(main, fidelity_args(checkpoints, heldout, "--json", str(tmp_path / "file" / "x.json")))
+    assert "--json" in err and "is not a folder" in err
+    err = cli_error(main, fidelity_args(checkpoints, heldout, "--json", str(tmp_path)))
+    assert "is a folder, not a file" in err
+
+
+def test_cli_json_in_a_new_folder_is_written(heldout, checkpoints, tmp_path, capsys):
+    out = tmp_path / "new" / "fidelity.json"
+    assert main(fidelity_args(checkpoints, heldout, "--json", str(out))) == 0
+    assert set(json.loads(out.read_text())["results"]) >= {"lift", "bilinear"}
+
+
+def test_cli_garbage_lift_file_is_a_message_without_unsafe_advice(heldout, checkpoints, tmp_path, cli_error):
+    garbage = tmp_path / "notes.pth"
+    garbage.write_text("# not a checkpoint\n")
+    err = cli_error(main, fidelity_args({"lift": garbage}, heldout))
+    assert f"cannot read LiFT checkpoint {garbage}: not a valid checkpoint file" in err
+    assert "weights_only" not in err and len(err.strip().splitlines()) == 1

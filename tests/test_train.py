@@ -353,3 +353,50 @@ def test_torchrun_two_processes_match_one_process(images, tmp_path):
     assert log[0]["world_size"] == 2 and sum(e["event"] == "start" for e in log) == 1  # rank 0 logs alone
     single_losses = [e["loss"] for e in read_log(tmp_path / "single") if e["event"] == "step"]
     assert [e["loss"] for e in log if e["event"] == "step"] == pytest.approx(single_losses, rel=1e-5)
+
+
+# ---- bad inputs on the command line: one-line messages, cheap checks first --------------------
+def test_cli_unavailable_cuda_device_is_a_message(images, tmp_path, monkeypatch, cli_error):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = cli_error(main, ["--backbone", "dino_s16", "--random-init", "--data", str(images), "--device", "cuda",
+                           "--out", str(tmp_path / "run")])
+    assert "--device cuda" in err and "no CUDA device" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--random-init", "--layer", "50"], "--layer 50 out of range for dino_s16 (0..11)"),
+    (["--random-init", "--resume", "absent.safetensors"], "--resume absent.safetensors: no such checkpoint file"),
+    (["--backbone-weights", "absent.pth"], "backbone weights file absent.pth does not exist"),
+    ([], "pretrained weights for dino_s16 are not on this machine"),
+])
+def test_cli_checks_arguments_before_the_batch_size(images, tmp_path, cli_error, extra, message):
+    """With the default batch (256) the 8-image folder is too small, but the argument mistake is named first."""
+    err = cli_error(main, ["--backbone", "dino_s16", "--imsize", "64", "--data", str(images),
+                           "--out", str(tmp_path / "run"), *extra])
+    assert message in err and "fewer than one batch" not in err
+
+
+@pytest.mark.parametrize("batch", [[], ["--batch", "2"]])
+def test_cli_folder_of_unreadable_files_is_a_message(tmp_path, cli_error, batch):
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_text("not an image")
+    err = cli_error(main, ["--backbone", "dino_s16", "--random-init", "--layer", "0", "--imsize", "64", "--workers", "0",
+                           "--data", str(tmp_path), "--out", str(tmp_path / "run"), *batch])
+    assert "no readable images" in err and "all 2 image files found are unreadable" in err
+    assert "fewer than one batch" not in err
+
+
+def test_cli_out_that_cannot_be_a_folder_is_a_message(images, tmp_path, cli_error):
+    (tmp_path / "file").write_text("")
+    err = cli_error(main, ["--backbone", "dino_s16", "--random-init", "--layer", "0", "--imsize", "64", "--batch", "4",
+                           "--data", str(images), "--out", str(tmp_path / "file" / "run")])
+    assert "--out" in err and "is not a folder" in err
+
+
+def test_cli_garbage_backbone_weights_is_a_message_without_unsafe_advice(images, tmp_path, cli_error):
+    garbage = tmp_path / "notes.pth"
+    garbage.write_text("# not a checkpoint\n")
+    err = cli_error(main, ["--backbone", "dino_s16", "--imsize", "64", "--data", str(images),
+                           "--backbone-weights", str(garbage), "--out", str(tmp_path / "run")])
+    assert f"cannot read backbone checkpoint {garbage}: not a valid checkpoint file" in err
+    assert "weights_only" not in err and len(err.strip().splitlines()) == 1

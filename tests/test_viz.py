@@ -45,7 +45,17 @@ def test_cli_errors(tmp_path, capsys):
         ([str(tmp_path / "missing.jpg"), "--point", "5,10", "--random-init"], "does not exist"),
         (["skimage:chelsea", "--point", "5,10", "--backbone", "dino_s16", "--random-init", "--size", "60",
           "--out", str(tmp_path / "x.png")], "multiple of 16"),
+        ([str(tmp_path / "notes.png"), "--point", "5,10", "--random-init", "--out", str(tmp_path / "x.png")],
+         f"image {tmp_path / 'notes.png'} cannot be read as an image (UnidentifiedImageError"),
+        (["skimage:nope", "--point", "5,10", "--random-init", "--out", str(tmp_path / "x.png")],
+         "skimage:nope is not a scikit-image photo; e.g. skimage:astronaut, skimage:camera"),
+        (["skimage:download_all", "--point", "5,10", "--random-init", "--out", str(tmp_path / "x.png")],
+         "not a scikit-image photo"),
+        (["skimage:chelsea", "--point", "5,10", "--random-init", "--out", str(tmp_path / "notes.png" / "x.png")],
+         "--out " + str(tmp_path / "notes.png" / "x.png") + " cannot be created"),
+        (["skimage:chelsea", "--point", "5,10", "--random-init", "--out", str(tmp_path)], "is a folder, not a file"),
     ]
+    (tmp_path / "notes.png").write_text("not an image")
     for args, message in cases:
         assert main(["similarity", *args]) == 2
         err = capsys.readouterr().err

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -23,6 +24,7 @@ from torch import nn
 
 from lift_rt.backbones import FACETS, ViTFeatures, get_spec
 from lift_rt.checkpoint import read_lift_metadata, trained_backbone
+from lift_rt.cli import check_writable, cli_device
 from lift_rt.data import ImageFolder
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.train.losses import feature_pyramid
@@ -87,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    device = cli_device(args.device)
+    if args.json:
+        check_writable(args.json, "--json")
     spec = get_spec(args.backbone)
     facet = args.facet or read_lift_metadata(args.lift).get("facet") or spec.facet
     lift, meta = load_upsampler(args.lift, backbone=spec.name, facet=facet)
@@ -109,10 +114,8 @@ def _run(args: argparse.Namespace) -> int:
             upsamplers["rc (untrained)"] = build_upsampler(name, spec.dim, spec.patch_size)
         else:
             upsamplers[name] = build_upsampler(name, spec.dim, spec.patch_size)
-    from lift_rt.engine import engine_device
-
-    device = engine_device(args.device)
     dataset = ImageFolder(args.data, imsize)
+    dataset.require_readable()
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, num_workers=args.workers)
     results = evaluate_fidelity(backbone, upsamplers, (images for images, _ in loader), device)
     init = "random init" if settings["random_init"] else "pretrained"
@@ -124,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
     print(format_table(results, title))
     if args.json:
         payload = {"title": title, "results": {k: {"mean": m, "std": s} for k, (m, s) in results.items()}}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2)
     if any(math.isnan(mean) for mean, _ in results.values()):

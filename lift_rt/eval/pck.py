@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from lift_rt.cli import cli_device, non_negative_int, positive_float
+
 ALPHAS: tuple[float, ...] = (0.1, 0.05, 0.01)
 AVERAGES: tuple[str, ...] = ("category", "point", "image")
 UPSAMPLER_CHOICES: tuple[str, ...] = ("lift", "bilinear", "nearest", "rc", "jbu", "none")
@@ -471,8 +473,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--matcher", default="auto", choices=("auto", "torch", "cpp"))
     p.add_argument("--average", default="category", choices=AVERAGES)
     p.add_argument("--mutual", action="store_true", help="count only mutual nearest neighbours")
-    p.add_argument("--soft-argmax", type=float, default=None, metavar="T", help="soft-argmax with temperature T")
-    p.add_argument("--window", type=int, default=None, help="soft-argmax window radius in pixels (default: one feature cell)")
+    p.add_argument("--soft-argmax", type=positive_float, default=None, metavar="T", help="soft-argmax with temperature T")
+    p.add_argument("--window", type=non_negative_int, default=None, help="soft-argmax window radius in pixels (default: one feature cell)")
     p.set_defaults(func=run_cli)
 
 
@@ -485,9 +487,7 @@ def run_cli(args: argparse.Namespace) -> int:
     upsamplers = [u for u in args.upsampler.split(",") if u]
     for name in upsamplers:
         check_upsampler(spec.name, name, lift=args.lift, random_init=args.random_init)
-    from lift_rt.engine import engine_device
-
-    device = engine_device(args.device)
+    device = cli_device(args.device)
     if args.pairs is not None and args.pairs < 1:
         raise ValueError(f"--pairs must be at least 1, got {args.pairs}")
     per_category = args.pairs or (100 if args.dataset.startswith("spair:") else 20)

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lift_rt.backbones import get_spec
+from lift_rt.cli import check_writable, cli_device
 from lift_rt.data import ImageFolder
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.train.losses import TwoScaleObjective, get_loss
@@ -89,6 +90,10 @@ class TrainConfig:
             raise ValueError(f"--max-steps must be positive, got {self.max_steps}")
         if self.backbone_weights is not None and self.random_init:
             raise ValueError("pass either --backbone-weights or --random-init, not both")
+        if not 0 <= self.layer < spec.depth:
+            raise ValueError(f"--layer {self.layer} out of range for {spec.name} (0..{spec.depth - 1})")
+        if self.device is not None:
+            cli_device(self.device)
 
     def settings(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in RUN_SETTINGS}
@@ -212,14 +217,8 @@ class Trainer:
             raise ValueError(f"--batch {config.batch} must be divisible by the number of processes ({env.world})")
         self.per_rank = config.batch // env.world
         self.out = Path(config.out)
-        self.dataset = ImageFolder(config.data, config.imsize, jitter=config.color_jitter, seed=config.seed)
-        if len(self.dataset) < config.batch:
-            raise ValueError(
-                f"{config.data} holds {len(self.dataset)} images, fewer than one batch of {config.batch}; lower --batch"
-            )
-        self.sampler = ShardSampler(len(self.dataset), env.rank, env.world, config.seed)
-        self.steps_per_epoch = len(self.dataset) // env.world // self.per_rank
-
+        check_writable(self.out, "--out", folder=True)
+        # Weights, resume file and settings are checked (by loading them) before the data.
         backbone = build_frozen_backbone(
             config.backbone, weights=config.backbone_weights, random_init=config.random_init,
             facet=config.facet, layer=config.layer, seed=config.seed,
@@ -232,6 +231,9 @@ class Trainer:
         self.position = Position()
         if config.resume:
             self.position = self._resume(config.resume)
+        self.dataset = self._dataset()
+        self.sampler = ShardSampler(len(self.dataset), env.rank, env.world, config.seed)
+        self.steps_per_epoch = len(self.dataset) // env.world // self.per_rank
         self.ddp = (
             nn.parallel.DistributedDataParallel(self.objective, device_ids=[device.index] if device.type == "cuda" else None)
             if env.active
@@ -241,7 +243,20 @@ class Trainer:
 
         self.stop_requested = False
 
+    def _dataset(self) -> ImageFolder:
+        """The training images: at least one readable, and at least one batch of files."""
+        config = self.config
+        dataset = ImageFolder(config.data, config.imsize, jitter=config.color_jitter, seed=config.seed)
+        dataset.require_readable()
+        if len(dataset) < config.batch:
+            raise ValueError(
+                f"{config.data} holds {len(dataset)} images, fewer than one batch of {config.batch}; lower --batch"
+            )
+        return dataset
+
     def _resume(self, path: str) -> Position:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--resume {path}: no such checkpoint file")
         position, settings = load_training_checkpoint(path, self.model, self.optimizer)
         current = self.config.settings()
         changed = {k: (settings.get(k), current[k]) for k in RUN_SETTINGS if settings.get(k) != current[k]}

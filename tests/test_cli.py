@@ -1,0 +1,49 @@
+"""Shared command-line checks: argparse types, the device, output paths, torch.load messages."""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+
+import pytest
+import torch
+
+from lift_rt.cli import check_writable, cli_device, load_error_reason, non_negative_int, positive_float, positive_int
+
+
+def test_argparse_types_accept_their_range_and_reject_the_rest():
+    assert positive_int("3") == 3 and non_negative_int("0") == 0 and positive_float("0.5") == 0.5
+    for parse, bad in ((positive_int, "0"), (positive_int, "1.5"), (non_negative_int, "-1"), (positive_float, "0"),
+                       (positive_float, "inf"), (positive_float, "nan"), (positive_float, "x")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(bad)
+
+
+def test_cli_device_turns_a_missing_cuda_device_into_a_value_error(monkeypatch):
+    assert cli_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--device cuda:1: .*no CUDA device"):
+        cli_device("cuda:1")
+
+
+def test_check_writable(tmp_path):
+    (tmp_path / "file").write_text("")
+    check_writable(tmp_path / "new" / "deeper" / "x.json", "--json")  # missing parents are created later
+    check_writable(tmp_path / "file", "--json")  # an existing file is overwritten
+    check_writable(tmp_path / "new" / "run", "--out", folder=True)
+    check_writable(tmp_path, "--out", folder=True)
+    with pytest.raises(ValueError, match=r"--json .*x.json cannot be created: .*file is not a folder"):
+        check_writable(tmp_path / "file" / "x.json", "--json")
+    with pytest.raises(ValueError, match="is a folder, not a file"):
+        check_writable(tmp_path, "--json")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        check_writable(tmp_path / "file", "--out", folder=True)
+
+
+def test_load_error_reason_keeps_one_line_and_drops_the_weights_only_advice():
+    advice = pickle.UnpicklingError(
+        "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely succeed\n\nmore"
+    )
+    assert load_error_reason(advice) == "UnpicklingError"
+    assert load_error_reason(RuntimeError("PytorchStreamReader failed\nline two")) == "RuntimeError: PytorchStreamReader failed"
+    assert load_error_reason(EOFError()) == "EOFError"
