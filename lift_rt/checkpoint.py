@@ -21,6 +21,8 @@ def save_lift(
     from safetensors.torch import save_file
 
     spec = get_spec(backbone)
+    if facet not in FACETS:
+        raise ValueError(f"unknown facet {facet!r}; choose one of {', '.join(FACETS)}")
     reserved = sorted(set(extra or {}) & RESERVED_METADATA)
     if reserved:
         raise ValueError(f"extra metadata may not overwrite the reserved keys {reserved}")

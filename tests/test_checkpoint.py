@@ -91,3 +91,9 @@ def test_extra_metadata_cannot_overwrite_reserved_keys(tmp_path):
     assert read_lift_state(path)[1]["epoch"] == "3"
     with pytest.raises(ValueError, match="reserved keys"):
         save_lift(random_lift(), tmp_path / "b.safetensors", backbone="dino_s16", facet="key", extra={"backbone": "dino_s8"})
+
+
+def test_save_refuses_an_unknown_facet(tmp_path):
+    with pytest.raises(ValueError, match="unknown facet 'keys'"):
+        save_lift(random_lift(), tmp_path / "a.safetensors", backbone="dino_s16", facet="keys")
+    assert not (tmp_path / "a.safetensors").exists()
