@@ -456,9 +456,9 @@ def _int_list(text: str) -> list[int]:
 def add_parser(subparsers) -> None:
     """Register ``pck`` on the ``python -m lift_rt.eval`` dispatcher."""
     p = subparsers.add_parser("pck", help="keypoint-transfer PCK (supplemental Table 1 layout)", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbone", default="dino_s8")
-    p.add_argument("--upsampler", default="lift", help=f"comma-separated, from {', '.join(UPSAMPLER_CHOICES)}")
-    p.add_argument("--resolutions", type=_int_list, default=[56, 112, 224, 448], help="evaluation sizes S, multiples of the patch")
+    p.add_argument("--backbone", default="dino_s8", help="registry backbone (default dino_s8)")
+    p.add_argument("--upsampler", default="lift", help=f"comma-separated, from {', '.join(UPSAMPLER_CHOICES)} (default lift)")
+    p.add_argument("--resolutions", type=_int_list, default=[56, 112, 224, 448], help="evaluation sizes S, multiples of the patch (default 56,112,224,448)")
     p.add_argument("--dataset", default="synthetic", help="'synthetic' or 'spair:DIR' (SPair-71k root)")
     p.add_argument("--split", default="test", choices=("trn", "val", "test"))
     p.add_argument("--pairs", type=int, default=None, help="pairs per category (default: 100 for SPair, 20 synthetic)")
@@ -467,7 +467,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--backbone-weights", default=None)
     p.add_argument("--random-init", action="store_true", help="random backbone (and LiFT) weights")
     p.add_argument("--iterations", type=int, default=1)
-    p.add_argument("--backend", default="torch")
+    p.add_argument("--backend", default="torch", help="Engine backend for the features (default torch; auto picks the fastest)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--matcher", default="auto", choices=("auto", "torch", "cpp"))
