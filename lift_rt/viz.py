@@ -159,7 +159,11 @@ def similarity_command(args: argparse.Namespace) -> int:
     x, y = args.point
     if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
         raise ValueError(f"--point {x:g},{y:g} lies outside the {w} x {h} image")
-    check_resolution(get_spec(args.backbone), args.size, args.size)
+    spec = get_spec(args.backbone)
+    check_resolution(spec, args.size, args.size)
+    if args.lift is None and not args.random_init:
+        raise ValueError(f"the LiFT panel needs weights: --lift CKPT (the authors' {spec.lift_file or 'checkpoint'} "
+                         "or a lift_rt .safetensors), or --random-init for random ones")
     # The backbone's block and random seed default to the checkpoint's (lift_rt.checkpoint.trained_backbone).
     pipeline = build_feature_pipeline(
         args.backbone, "lift", lift=args.lift, random_init=args.random_init, backbone_weights=args.backbone_weights,

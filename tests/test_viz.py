@@ -41,7 +41,7 @@ def test_cli_errors(tmp_path, capsys):
     """Bad inputs end with exit status 2 and a one-line message, not a traceback."""
     cases = [
         (["skimage:chelsea", "--point", "500,10", "--random-init", "--out", str(tmp_path / "x.png")], "outside"),
-        (["skimage:chelsea", "--point", "5,10", "--backbone", "dino_s16", "--out", str(tmp_path / "x.png")], "--lift CKPT"),
+        (["skimage:chelsea", "--point", "5,10", "--backbone", "dino_s16", "--out", str(tmp_path / "x.png")], "the LiFT panel needs weights: --lift CKPT"),
         ([str(tmp_path / "missing.jpg"), "--point", "5,10", "--random-init"], "does not exist"),
         (["skimage:chelsea", "--point", "5,10", "--backbone", "dino_s16", "--random-init", "--size", "60",
           "--out", str(tmp_path / "x.png")], "multiple of 16"),
