@@ -7,11 +7,12 @@ normalisation, default facet, where its weights come from) lives in its
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -329,6 +330,14 @@ def _hub_constants():
     return constants
 
 
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Random draws inside come from ``seed``; the global RNG state is restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def build_backbone(
     name: str | BackboneSpec,
     *,
@@ -348,8 +357,7 @@ def build_backbone(
     if weights is not None and random_init:
         raise ValueError("pass either backbone weights or random_init=True, not both")
     if random_init:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             vit = create_vit(spec)
     elif weights is not None:
         vit = create_vit(spec)

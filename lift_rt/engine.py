@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lift_rt.backbones import build_backbone, check_resolution, get_spec
+from lift_rt.backbones import build_backbone, check_resolution, get_spec, seeded
 from lift_rt.backends import Backend, BackendUnavailable, backend_class, choose_backend
 from lift_rt.checkpoint import load_lift, trained_backbone
 from lift_rt.model import LiFT
@@ -43,8 +43,7 @@ def build_pipeline(
     elif lift is not None:
         module = load_lift(lift, backbone=spec.name, facet=facet)
     elif random_init:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             module = LiFT(dim=spec.dim, patch_size=spec.patch_size)
     else:
         raise ValueError(

@@ -320,7 +320,7 @@ def build_feature_pipeline(
     random seed follow the checkpoint (:func:`lift_rt.checkpoint.trained_backbone`), so
     every upsampler compared with it sees the features it was trained on.
     """
-    from lift_rt.backbones import build_backbone, get_spec
+    from lift_rt.backbones import build_backbone, get_spec, seeded
     from lift_rt.checkpoint import load_lift, trained_backbone
     from lift_rt.pipeline import LiftPipeline
     from lift_rt.upsamplers import build_upsampler
@@ -335,8 +335,7 @@ def build_feature_pipeline(
     elif upsampler == "lift" and lift is not None:
         module = load_lift(lift, backbone=spec.name, facet=vit.facet)
     else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             module = build_upsampler(upsampler, spec.dim, spec.patch_size)
     return LiftPipeline(vit, module.eval() if module is not None else None, iterations=iterations).eval()
 
