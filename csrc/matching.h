@@ -52,7 +52,14 @@ constexpr int kMaxK = 16;  // largest k of the top-k kernels
 
 enum Isa : int { kIsaAuto = -1, kIsaScalar = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
 int cpu_best_isa();
-void topk_cpu(const TopKProblem& p, int isa, int n_threads);
+// Top-1 on the CPU may screen candidates with int8 dot products and rescore them in fp32 (same
+// result, about twice the speed): off, auto (when the source rows span several cache blocks), on.
+// kScreenOnNoVnni: on, but never the VNNI kernel (tests of the AVX-512BW kernel on VNNI machines).
+constexpr int kScreenCandidates = 512;  // screening candidates per row and column chunk before a row falls back
+enum Screen : int { kScreenOff = 0, kScreenAuto = 1, kScreenOn = 2, kScreenOnNoVnni = 3 };
+void topk_cpu(const TopKProblem& p, int isa, int n_threads, int screen);
+// The int8 kernel screening would use with `isa` here: "avx512vnni", "avx512bw", "avx2", or "" for none.
+const char* cpu_screen_kernel(int isa, bool allow_vnni = true);
 
 // How topk_cpu cuts one batch element's work: row blocks of `mc` source rows, each scanned against
 // `chunks` column chunks of `chunk_panels` target panels; one (row block, chunk) pair is one OpenMP

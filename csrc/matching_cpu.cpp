@@ -4,12 +4,6 @@
 // When all source rows fit one block (keypoints against a grid) nothing M x D is allocated: each
 // thread packs the target panels of its column chunk where it scans them.
 #include <algorithm>
-#include <cmath>
-#include <cstdlib>
-#include <cstring>
-#include <limits>
-#include <memory>
-#include <stdexcept>
 #include <vector>
 
 #ifdef _OPENMP
@@ -17,84 +11,14 @@
 #endif
 
 #include "matching.h"
+#include "matching_cpu_util.h"
 #include "matching_tile.h"
 
 namespace lift {
+namespace cpu {
 namespace {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kBlockBytes = 512 * 1024;  // packed source block, sized for a 1-2 MB L2
-
-float half_to_float(uint16_t h) {
-  uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: renormalise
-      exp = 113;
-      while (!(mant & 0x400u)) { mant <<= 1; --exp; }
-      bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 112) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-float bf16_to_float(uint16_t h) {
-  uint32_t bits = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-// Reads row `row` of batch `b` of an operand into fp32 `dst[k * step]`, scaled to unit norm
-// when normalising (x / max(||x||, eps), like torch.nn.functional.normalize).
-void load_row(const Operand& x, int64_t b, int64_t row, int64_t D, bool normalize, float eps,
-              float* dst, int64_t step) {
-  const int64_t base = b * x.stride_b + row * x.stride_n;
-  switch (x.dtype) {
-    case kFloat32: {
-      const float* p = static_cast<const float*>(x.data) + base;
-      for (int64_t k = 0; k < D; ++k) dst[k * step] = p[k * x.stride_d];
-      break;
-    }
-    case kFloat16: {
-      const uint16_t* p = static_cast<const uint16_t*>(x.data) + base;
-      for (int64_t k = 0; k < D; ++k) dst[k * step] = half_to_float(p[k * x.stride_d]);
-      break;
-    }
-    case kBFloat16: {
-      const uint16_t* p = static_cast<const uint16_t*>(x.data) + base;
-      for (int64_t k = 0; k < D; ++k) dst[k * step] = bf16_to_float(p[k * x.stride_d]);
-      break;
-    }
-    default:
-      throw std::invalid_argument("lift_rt matching: unsupported dtype code");
-  }
-  if (!normalize) return;
-  float ss = 0.f;
-  for (int64_t k = 0; k < D; ++k) ss += dst[k * step] * dst[k * step];
-  const float scale = 1.f / std::max(std::sqrt(ss), eps);
-  for (int64_t k = 0; k < D; ++k) dst[k * step] *= scale;
-}
-
-bool mask_valid(const MaskView& m, int64_t b, int64_t j) {
-  return m.data == nullptr || m.data[b * m.stride_b + j * m.stride_m] != 0;
-}
-
-struct AlignedFree { void operator()(float* p) const { std::free(p); } };
-using Buffer = std::unique_ptr<float[], AlignedFree>;
-Buffer alloc_floats(int64_t n) {
-  const size_t bytes = ((size_t(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64) * 64;
-  float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
-  if (!p) throw std::bad_alloc();
-  return Buffer(p);
-}
 
 // Inserts candidate (x, j) into a descending top-k list whose k-th value is *thr. Only values
 // strictly greater than *thr enter (NaN never does) and an equal value goes after those present,
@@ -117,6 +41,8 @@ void insert_row(const float* v, int nr, int64_t j0, float* vals, int64_t* idx, i
   for (int l = 0; l < nr; ++l) insert(v[l], j0 + l, vals, idx, k, thr);
 }
 
+}  // namespace
+
 // Merges the top-k lists of one row found in `parts` consecutive column chunks (list c at
 // offset c * stride, chunks in ascending column order) into `vals` / `idx`.
 void merge_chunks(const float* part_vals, const int64_t* part_idx, int64_t parts, int64_t stride, int k,
@@ -127,6 +53,8 @@ void merge_chunks(const float* part_vals, const int64_t* part_idx, int64_t parts
   for (int64_t c = 0; c < parts; ++c)
     for (int l = 0; l < k; ++l) insert(part_vals[c * stride + l], part_idx[c * stride + l], vals, idx, k, &thr);
 }
+
+namespace {
 
 struct ThreadScratch {
   Buffer apack, thr, tile, vals, rows, panel, panel_bias;
@@ -188,9 +116,11 @@ void scan_panel(const TopKProblem& p, TileFn tile, TileShape ts, const float* bp
   }
 }
 
-CpuWorkSplit plan_work(int64_t B, int64_t N, int64_t M, int64_t D, TileShape ts, int n_threads) {
-  const int MR = ts.mr;
-  const int64_t panels = (M + ts.nr - 1) / ts.nr;
+}  // namespace
+
+CpuWorkSplit plan_work(int64_t B, int64_t N, int64_t M, int64_t D, int mr, int nr, int n_threads) {
+  const int MR = mr;
+  const int64_t panels = (M + nr - 1) / nr;
   // Row blocks: as large as the cache budget allows, but enough of them to feed every thread.
   int64_t mc = std::max<int64_t>(MR, kBlockBytes / (D * 4) / MR * MR);
   if (N <= mc) {  // every source row fits one block: one pass over the targets, cut into thread chunks
@@ -207,10 +137,12 @@ CpuWorkSplit plan_work(int64_t B, int64_t N, int64_t M, int64_t D, TileShape ts,
   return {mc, row_blocks, chunks, chunk_panels};
 }
 
+namespace {
+
 void topk_cpu_tiled(const TopKProblem& p, TileFn tile, TileShape ts, int n_threads) {
   const int MR = ts.mr, NR = ts.nr, k = p.k;
   const int64_t D = p.D, panels = (p.M + NR - 1) / NR;
-  const CpuWorkSplit w = plan_work(p.B, p.N, p.M, D, ts, n_threads);
+  const CpuWorkSplit w = plan_work(p.B, p.N, p.M, D, ts.mr, ts.nr, n_threads);
   const int64_t items = w.row_blocks * w.chunks, slot = w.mc * k;  // slot: the lists of one work item
 
   // One row block: each target panel is read once, so it is packed where it is scanned (in cache)
@@ -276,7 +208,21 @@ void topk_cpu_tiled(const TopKProblem& p, TileFn tile, TileShape ts, int n_threa
   }
 }
 
+TileShape tile_shape(int isa) {
+  return isa == kIsaAvx512 ? kAvx512Tile : isa == kIsaAvx2 ? kAvx2Tile : kScalarTile;
+}
+
 }  // namespace
+
+void topk_cpu_exact(const TopKProblem& p, int isa, int n_threads) {
+  switch (isa) {
+    case kIsaAvx512: return topk_cpu_tiled(p, tile_avx512(), kAvx512Tile, n_threads);
+    case kIsaAvx2: return topk_cpu_tiled(p, tile_avx2(), kAvx2Tile, n_threads);
+    default: return topk_cpu_tiled(p, tile_scalar(), kScalarTile, n_threads);
+  }
+}
+
+}  // namespace cpu
 
 int cpu_best_isa() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -297,29 +243,33 @@ int resolve_isa(int isa) {
   return isa;
 }
 
-TileShape tile_shape(int isa) {
-  return isa == kIsaAvx512 ? kAvx512Tile : isa == kIsaAvx2 ? kAvx2Tile : kScalarTile;
-}
-
 }  // namespace
 
 CpuWorkSplit cpu_work_split(int64_t B, int64_t N, int64_t M, int64_t D, int isa, int n_threads) {
-  return plan_work(B, N, M, D, tile_shape(resolve_isa(isa)), std::max(n_threads, 1));
+  const TileShape ts = cpu::tile_shape(resolve_isa(isa));
+  return cpu::plan_work(B, N, M, D, ts.mr, ts.nr, std::max(n_threads, 1));
 }
 
-void topk_cpu(const TopKProblem& p, int isa, int n_threads) {
+const char* cpu_screen_kernel(int isa, bool allow_vnni) { return cpu::screen_kernel_name(resolve_isa(isa), allow_vnni); }
+
+void topk_cpu(const TopKProblem& p, int isa, int n_threads, int screen) {
   if (p.k < 1 || p.k > kMaxK) throw std::invalid_argument("lift_rt matching: k out of range");
   if (p.B == 0 || p.N == 0) return;
   isa = resolve_isa(isa);
   n_threads = std::max(n_threads, 1);
-  switch (isa) {
-    case kIsaAvx512: return topk_cpu_tiled(p, tile_avx512(), kAvx512Tile, n_threads);
-    case kIsaAvx2: return topk_cpu_tiled(p, tile_avx2(), kAvx2Tile, n_threads);
-    default: return topk_cpu_tiled(p, tile_scalar(), kScalarTile, n_threads);
-  }
+  // Screening pays once its fixed costs (packing every target twice, probing a sample of rows) are
+  // small against the scan: a few million pairs, and source rows spanning several cache blocks (below
+  // that the exact kernel streams the targets without packing them all).
+  const bool big = p.N * p.M >= (int64_t(1) << 22) && cpu_work_split(p.B, p.N, p.M, p.D, isa, n_threads).row_blocks > 1;
+  const bool screen_here = p.k == 1 && (screen == kScreenOn || screen == kScreenOnNoVnni || (screen == kScreenAuto && big));
+  if (screen_here && cpu::nearest_cpu_screened(p, isa, n_threads, screen == kScreenAuto, screen != kScreenOnNoVnni)) return;
+  cpu::topk_cpu_exact(p, isa, n_threads);
 }
 
 void soft_argmax_cpu(const SoftArgmaxProblem& p, int n_threads) {
+  using cpu::kInf;
+  using cpu::load_row;
+  using cpu::mask_valid;
   const int64_t D = p.D, M = p.h * p.w, win = int64_t(2 * p.radius + 1) * (2 * p.radius + 1);
   const float nan = std::numeric_limits<float>::quiet_NaN();
 #pragma omp parallel num_threads(std::max(n_threads, 1))
