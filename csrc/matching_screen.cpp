@@ -28,6 +28,9 @@ namespace cpu {
 namespace {
 
 constexpr int kCandidates = kScreenCandidates;
+constexpr int64_t kProbeRows = 64;            // source rows sampled before screening a batch element
+constexpr int64_t kMinSizingDepth = 128;      // row blocks sized as if D >= this: at most 1024 rows of
+                                              // candidate lists (512 KB each) per thread
 constexpr double kUnit = 5.9604644775390625e-8;  // fp32 unit roundoff, 2^-24
 
 struct QKernel {
@@ -54,13 +57,17 @@ size_t element_bytes(int dtype) { return dtype == kFloat32 ? 4 : 2; }
 struct RowQuant {
   float scale;
   double norm, qnorm, rnorm;
-  bool finite;
+  bool screenable;  // finite, and max|x| zero or within [kMinAbs, kMaxAbs]
 };
+
+// Magnitudes screening handles: squares, dot products and bounds of such rows stay normal fp32 numbers
+// (no underflow to 0, no overflow to inf) for any D up to 2^40. Other rows go to the exact kernel.
+constexpr float kMinAbs = 0x1p-40f, kMaxAbs = 0x1p40f;
 
 // Quantises x (D) to q[d] = round(x[d] / scale), |q| <= levels, scale = max|x| / levels, and writes
 // the bytes q + offset at dst[(d / 4) * group_stride + d % 4], depth padded to D4 * 4 with q = 0.
-// `qsum` (may be null) receives sum_d q[d]. A row holding NaN or inf is written as zeros and
-// reported not finite. Any rounding would do (the bound uses the residual
+// `qsum` (may be null) receives sum_d q[d]. A row holding NaN or inf, or of a magnitude outside
+// [kMinAbs, kMaxAbs] (zero rows are fine), is written as zeros and reported not screenable. Any rounding would do (the bound uses the residual
 // actually left); the sums run in 8 lanes so that they vectorise.
 RowQuant quantize_row(const float* x, int64_t D, int64_t D4, int levels, int offset, uint8_t* dst,
                       int64_t group_stride, int32_t* qsum) {
@@ -80,14 +87,14 @@ RowQuant quantize_row(const float* x, int64_t D, int64_t D4, int levels, int off
     amax = std::max(amax, amax8[l]);
     nan += nan8[l];
   }
-  const bool finite = nan == 0.f && amax <= std::numeric_limits<float>::max();
-  if (!finite) amax = 0.f;  // written as zeros, never screened: the caller hands the row to the exact kernel
+  const bool screenable = nan == 0.f && (amax == 0.f || (amax >= kMinAbs && amax <= kMaxAbs));
+  if (!screenable) amax = 0.f;  // written as zeros, never screened: the caller hands the row to the exact kernel
   const float scale = amax > 0.f ? amax / float(levels) : 0.f, inv = amax > 0.f ? float(levels) / amax : 0.f;
   const float lim = float(levels);
   float xx8[8] = {}, qq8[8] = {}, rr8[8] = {};
   int32_t sum = 0;
   for (d = 0; d < D4 * 4; ++d) {
-    const float v = d < D && finite ? x[d] : 0.f;
+    const float v = d < D && screenable ? x[d] : 0.f;
     const float y = std::min(std::max(v * inv, -lim), lim);
     const int q = int(y + (y >= 0.f ? 0.5f : -0.5f));  // round half away from zero
     dst[(d / 4) * group_stride + d % 4] = static_cast<uint8_t>(q + offset);
@@ -106,7 +113,7 @@ RowQuant quantize_row(const float* x, int64_t D, int64_t D4, int levels, int off
   if (qsum) *qsum = sum;
   // fp32 sums of squares carry relative error <= (D / 8 + 8) u, far inside the bound's 1.001 margin;
   // xh and r are rounded too, which the margin also covers.
-  return {scale, std::sqrt(xx), std::sqrt(qq), std::sqrt(rr), finite};
+  return {scale, std::sqrt(xx), std::sqrt(qq), std::sqrt(rr), screenable};
 }
 
 // Fixed-order fp32 dot product used for every rescoring, so equal rows score bit-identically.
@@ -127,7 +134,7 @@ struct TargetPack {
   AlignedArray<int32_t> offset_colsum;
   Buffer scale, bias, rows;
   double max_norm = 0.0, max_rnorm = 0.0;
-  bool finite = true;
+  bool screenable = true;  // every valid target (see RowQuant)
 
   TargetPack(int64_t panels, int nr, int64_t D4, int64_t M, int64_t D)
       : q(panels * nr * D4 * 4), offset_colsum(panels * nr), scale(panels * nr), bias(panels * nr), rows(M * D) {}
@@ -157,17 +164,17 @@ void pack_targets(const TopKProblem& p, int64_t b, const QTileSpec& spec, int64_
       }
       const bool valid = real && mask_valid(p.mask, b, j);
       t.bias[col] = valid ? 0.f : -kInf;
-      t.scale.get()[col] = rq.finite ? rq.scale : 0.f;
+      t.scale[col] = rq.scale;
       t.offset_colsum.get()[col] = spec.offset * qsum;
       if (!valid) continue;  // masked targets never compete, whatever they hold
-      finite = finite && rq.finite;
+      finite = finite && rq.screenable;
       max_norm = std::max(max_norm, rq.norm);
       max_rnorm = std::max(max_rnorm, rq.rnorm);
     }
   }
   t.max_norm = max_norm;
   t.max_rnorm = max_rnorm;
-  t.finite = finite;
+  t.screenable = finite;
 }
 
 // A thread's source rows (one row block) and their per-row screening state.
@@ -175,12 +182,12 @@ struct RowBlock {
   AlignedArray<uint8_t> q;  // MR-row panels, D4 x MR x 4 bytes each
   Buffer rows;              // mc x D fp32
   Buffer scale, thr, best, bound, tile, cand_val;
-  std::vector<int64_t> cand_idx;
+  AlignedArray<int64_t> cand_idx;
   std::vector<int> count;  // candidates held; -1: the row falls back to the exact kernel
 
   RowBlock(int64_t mc, const QTileSpec& s, int64_t D4, int64_t D)
       : q(mc * D4 * 4), rows(mc * D), scale(mc), thr(mc), best(mc), bound(mc), tile(int64_t(s.mr) * s.nr),
-        cand_val(mc * kCandidates), cand_idx(size_t(mc * kCandidates)), count(size_t(mc)) {}
+        cand_val(mc * kCandidates), cand_idx(mc * kCandidates), count(size_t(mc)) {}
 };
 
 // Loads source rows r0, r0 + step, ... (`rows` of them, padded to `padded`) of batch b into rb.
@@ -202,7 +209,7 @@ void load_row_block(const TopKProblem& p, int64_t b, int64_t r0, int64_t step, i
       for (int64_t g = 0; g < D4; ++g) std::fill_n(dst + g * MR * 4, 4, uint8_t(s.offset));
     }
     rb.scale[r] = rq.scale;
-    if (!rq.finite) {  // padding, or NaN / inf in the row: nothing to screen
+    if (!rq.screenable || rq.norm == 0.0) {  // padding, NaN / inf, extreme or zero rows: nothing to screen
       rb.thr[r] = kInf;
       rb.count[r] = r < rows ? -1 : 0;
       continue;
@@ -223,7 +230,7 @@ inline void add_candidate(RowBlock& rb, int64_t r, float x, int64_t j) {
     rb.thr[r] = x - rb.bound[r];
   }
   float* vals = rb.cand_val.get() + r * kCandidates;
-  int64_t* idx = rb.cand_idx.data() + r * kCandidates;
+  int64_t* idx = rb.cand_idx.get() + r * kCandidates;
   int& n = rb.count[r];
   if (n == kCandidates) {  // drop what the raised threshold excludes (order kept: ascending j)
     int kept = 0;
@@ -265,7 +272,7 @@ void scan_panel(const QKernel& k, const TargetPack& t, int64_t pn, int64_t D4, i
 // exact values go to the lowest index.
 void rescore(RowBlock& rb, const TargetPack& t, int64_t r, int64_t D, float* out_sim, int64_t* out_idx) {
   float* vals = rb.cand_val.get() + r * kCandidates;
-  int64_t* idx = rb.cand_idx.data() + r * kCandidates;
+  int64_t* idx = rb.cand_idx.get() + r * kCandidates;
   int n = 0;
   for (int c = 0; c < rb.count[r]; ++c)  // only those within 2 E of the best estimate can win
     if (vals[c] >= rb.thr[r]) { vals[n] = vals[c]; idx[n] = idx[c]; ++n; }
@@ -326,7 +333,6 @@ void exact_rows(const TopKProblem& p, int64_t b, const std::vector<int64_t>& row
 // a scan also holds candidates that a later, higher best excludes).
 bool screening_separates(const TopKProblem& p, int64_t b, const QKernel& k, const TargetPack& t, int64_t panels,
                          int64_t D4, std::vector<RowBlock>& blocks, int n_threads) {
-  constexpr int64_t kProbeRows = 64;
   const int64_t rows = std::min(p.N, kProbeRows), step = p.N / rows;
   const int64_t padded = (rows + k.spec.mr - 1) / k.spec.mr * k.spec.mr;
   std::vector<float> best(size_t(n_threads * rows), -kInf);
@@ -371,14 +377,15 @@ bool nearest_cpu_screened(const TopKProblem& p, int isa, int n_threads, bool ada
   if (!k.fn || p.k != 1 || p.D > 65536) return false;
   const int MR = k.spec.mr, NR = k.spec.nr;
   const int64_t D = p.D, D4 = (D + 3) / 4, panels = (p.M + NR - 1) / NR;
-  const CpuWorkSplit w = plan_work(p.B, p.N, p.M, D, MR, NR, n_threads);
+  const CpuWorkSplit w = plan_work(p.B, p.N, p.M, std::max(D, kMinSizingDepth), MR, NR, n_threads);
   const int64_t items = w.row_blocks * w.chunks;
   const bool cut = w.chunks > 1;
 
   TargetPack t(panels, NR, D4, p.M, D);
   std::vector<RowBlock> blocks;
   blocks.reserve(size_t(n_threads));
-  for (int i = 0; i < n_threads; ++i) blocks.emplace_back(w.mc, k.spec, D4, D);
+  const int64_t block_rows = std::max(w.mc, (kProbeRows + MR - 1) / MR * MR);  // the probe uses them too
+  for (int i = 0; i < n_threads; ++i) blocks.emplace_back(block_rows, k.spec, D4, D);
   Buffer part_vals(cut ? items * w.mc : 0);
   std::vector<int64_t> part_idx(size_t(cut ? items * w.mc : 0));
   std::vector<std::vector<int64_t>> fallback(static_cast<size_t>(n_threads));
@@ -386,8 +393,8 @@ bool nearest_cpu_screened(const TopKProblem& p, int isa, int n_threads, bool ada
   for (int64_t b = 0; b < p.B; ++b) {
     pack_targets(p, b, k.spec, panels, D4, t, n_threads);
     std::vector<int64_t> exact;
-    // NaN / inf targets: their semantics belong to the exact kernel; so do data screening cannot separate.
-    if (!t.finite || (adaptive && !screening_separates(p, b, k, t, panels, D4, blocks, n_threads))) {
+    // NaN / inf or extreme targets belong to the exact kernel; so do data screening cannot separate.
+    if (!t.screenable || (adaptive && !screening_separates(p, b, k, t, panels, D4, blocks, n_threads))) {
       for (int64_t n = 0; n < p.N; ++n) exact.push_back(n);
       exact_rows(p, b, exact, isa, n_threads);
       continue;

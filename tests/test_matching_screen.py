@@ -152,3 +152,46 @@ def test_screen_mode_and_kernel_names(monkeypatch):
     with pytest.raises(ValueError, match="bad screen mode"):
         _C.topk_cpu(matching._operand(src[None]), matching._operand(tgt[None]), (0, 0, 0), 1, 20, 30, 9, 1, True,
                     1e-12, 0, 0, 1, 0, 7)
+
+
+@pytest.mark.parametrize("kernel", SCREEN_KERNELS)
+@pytest.mark.parametrize("case", ["huge", "tiny_targets", "tiny_sources_normalised", "huge_vs_subnormal"])
+def test_extreme_magnitudes_go_to_the_exact_kernel(kernel, case):
+    """Rows whose squares or dot products would leave the normal fp32 range are not screened (their
+    bound would be 0, inf or NaN): same answers as the exact kernel, never index -1 for finite data."""
+    src, tgt = randn(1, 60, 40, seed=7), randn(1, 300, 40, seed=8)
+    normalize = False
+    if case == "huge":
+        src, tgt = src * 1e19, tgt * 1e19
+    elif case == "tiny_targets":
+        tgt = tgt * 1e-24
+    elif case == "tiny_sources_normalised":  # below eps, F.normalize leaves them ~1e-23
+        src, normalize = src * 1e-35, True
+    else:
+        src, tgt = src * 1e30, tgt * 1e-39
+    index, _ = assert_same_as_exact(src, tgt, kernel, normalize=normalize)
+    assert (index >= 0).all()
+
+
+def test_probe_with_more_threads_than_row_blocks_hold(torch_threads_16):
+    """Auto mode probes 64 rows even when a thread's row block is smaller (many threads, few rows)."""
+    src, tgt = randn(1024, 256, seed=9), randn(4096, 256, seed=10)
+    index, sim = matching.nearest(src, tgt)
+    assert_topk_close(index.unsqueeze(-1), sim.unsqueeze(-1), src, tgt, 1)
+
+
+@pytest.fixture
+def torch_threads_16():
+    before = torch.get_num_threads()
+    torch.set_num_threads(16)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kernel", SCREEN_KERNELS)
+def test_tiny_depth_many_rows(kernel):
+    """D = 2: row blocks are sized as for a deeper D (bounded candidate memory). On a circle many
+    targets tie to fp32 rounding, so the check allows near-ties."""
+    src, tgt = randn(1, 20000, 2, seed=11), randn(1, 600, 2, seed=12)
+    index, sim = nearest_cpu(src, tgt, kernel)
+    assert_topk_close(index, sim, src, tgt, 1)
