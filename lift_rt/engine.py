@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from typing import Any
 
@@ -84,6 +85,20 @@ def engine_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
+def check_backend_options(cls: type[Backend], name: str, options: dict[str, Any]) -> None:
+    """TypeError naming the options backend ``name`` does not take, and the ones it does."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = sorted(k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("device", "precision"))
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"backend {name!r} takes no option {', '.join(map(repr, unknown))} "
+            f"(its options: {', '.join(accepted) or 'none'})"
+        )
+
+
 class Engine:
     """Dense LiFT features for a batch of images.
 
@@ -130,6 +145,7 @@ class Engine:
         reason = cls.unavailable_reason(self.device)
         if reason is not None:
             raise BackendUnavailable(f"backend {backend!r} cannot run on {self.device}: {reason}")
+        check_backend_options(cls, backend, backend_options)
         self.backend: Backend = cls(self.pipeline, device=self.device, precision=precision, **backend_options)
 
     @property

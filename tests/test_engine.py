@@ -88,6 +88,10 @@ def test_backend_errors():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             Engine("dino_s16", random_init=True, device="cuda")
+    with pytest.raises(TypeError, match=r"backend 'torch' takes no option 'cache_dir' \(its options: none\)"):
+        Engine("dino_s16", random_init=True, backend="torch", cache_dir="/tmp")
+    with pytest.raises(TypeError, match=r"'compile' takes no option 'max_batch' \(its options: mode\)"):
+        Engine("dino_s16", random_init=True, backend="compile", max_batch=4)
 
 
 @pytest.mark.parametrize("device", ["meta", "mps", torch.device("meta"), "gpu"])
