@@ -69,10 +69,14 @@ inline void load_row(const Operand& x, int64_t b, int64_t row, int64_t D, bool n
       throw std::invalid_argument("lift_rt matching: unsupported dtype code");
   }
   if (!normalize) return;
-  float ss = 0.f;
-  for (int64_t k = 0; k < D; ++k) ss += dst[k * step] * dst[k * step];
+  float ss8[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};  // 8 lanes: no serial chain of adds
+  int64_t k = 0;
+  for (; k + 8 <= D; k += 8)
+    for (int l = 0; l < 8; ++l) ss8[l] += dst[(k + l) * step] * dst[(k + l) * step];
+  for (; k < D; ++k) ss8[0] += dst[k * step] * dst[k * step];
+  const float ss = ((ss8[0] + ss8[1]) + (ss8[2] + ss8[3])) + ((ss8[4] + ss8[5]) + (ss8[6] + ss8[7]));
   const float scale = 1.f / std::max(std::sqrt(ss), eps);
-  for (int64_t k = 0; k < D; ++k) dst[k * step] *= scale;
+  for (k = 0; k < D; ++k) dst[k * step] *= scale;
 }
 
 inline bool mask_valid(const MaskView& m, int64_t b, int64_t j) {
