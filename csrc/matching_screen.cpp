@@ -12,7 +12,6 @@
 #include <cmath>
 #include <limits>
 #include <vector>
-#include <cstdio>
 #include <cstdlib>
 
 #ifdef _OPENMP
@@ -28,7 +27,7 @@ namespace cpu {
 namespace {
 
 constexpr int kCandidates = kScreenCandidates;
-constexpr int64_t kProbeRows = 64;            // source rows sampled before screening a batch element
+constexpr int64_t kProbeRows = 32;            // source rows sampled before screening a batch element
 constexpr int64_t kMinSizingDepth = 128;      // row blocks sized as if D >= this: at most 1024 rows of
                                               // candidate lists (512 KB each) per thread
 constexpr double kUnit = 5.9604644775390625e-8;  // fp32 unit roundoff, 2^-24
@@ -223,11 +222,19 @@ void load_row_block(const TopKProblem& p, int64_t b, int64_t r0, int64_t step, i
   }
 }
 
+// a - b rounded towards -inf, so that a threshold never excludes a value the bound admits.
+float minus_down(double a, double b) {
+  const double v = a - b;
+  float f = float(v);
+  if (double(f) > v) f = std::nextafter(f, -kInf);
+  return f;
+}
+
 // Records estimate x of column j for row r; raises the row's threshold when x is a new best.
 inline void add_candidate(RowBlock& rb, int64_t r, float x, int64_t j) {
   if (x > rb.best[r]) {
     rb.best[r] = x;
-    rb.thr[r] = x - rb.bound[r];
+    rb.thr[r] = minus_down(x, rb.bound[r]);
   }
   float* vals = rb.cand_val.get() + r * kCandidates;
   int64_t* idx = rb.cand_idx.get() + r * kCandidates;
@@ -325,46 +332,57 @@ void exact_rows(const TopKProblem& p, int64_t b, const std::vector<int64_t>& row
   }
 }
 
-// Screens an evenly spaced sample of batch b's source rows against every target (each thread a slice
-// of the targets) and says whether few enough of them would fall back for screening to pay: features
-// so smooth that many targets score within the bound of the best do not separate, and then the exact
-// kernel alone is faster. A sampled row counts as falling back when a slice overflowed or more than
-// half a list of candidates lie within the bound of the row's best estimate over all slices (half:
-// a scan also holds candidates that a later, higher best excludes).
-bool screening_separates(const TopKProblem& p, int64_t b, const QKernel& k, const TargetPack& t, int64_t panels,
-                         int64_t D4, std::vector<RowBlock>& blocks, int n_threads) {
-  const int64_t rows = std::min(p.N, kProbeRows), step = p.N / rows;
-  const int64_t padded = (rows + k.spec.mr - 1) / k.spec.mr * k.spec.mr;
-  std::vector<float> best(size_t(n_threads * rows), -kInf);
-  std::vector<int> live(size_t(n_threads * rows), 0);
-#pragma omp parallel num_threads(n_threads)
-  {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num(), threads = omp_get_num_threads();
-#else
-    const int tid = 0, threads = 1;
-#endif
-    RowBlock& rb = blocks[size_t(tid)];
-    load_row_block(p, b, step / 2, step, rows, padded, k.spec, D4, t, rb);
-    const int64_t slice = (panels + threads - 1) / threads;
-    for (int64_t pn = tid * slice; pn < std::min(panels, (tid + 1) * slice); ++pn) scan_panel(k, t, pn, D4, padded, rb);
-    for (int64_t r = 0; r < rows; ++r) best[size_t(tid * rows + r)] = rb.count[r] < 0 ? kInf : rb.best[r];
-#pragma omp barrier
-    for (int64_t r = 0; r < rows; ++r) {
-      float top = -kInf;
-      for (int i = 0; i < threads; ++i) top = std::max(top, best[size_t(i * rows + r)]);
-      int n = 0;
-      for (int c = 0; c < rb.count[r]; ++c) n += rb.cand_val[r * kCandidates + c] >= top - rb.bound[r];
-      live[size_t(tid * rows + r)] = rb.count[r] < 0 ? kCandidates : n;
-    }
+// Screening pays while few rows fall back to the exact kernel (each costs a full scan on top of the
+// int8 one, which takes about half the fp32 kernel's time): at most 1 row in kFallbackShare.
+constexpr int64_t kFallbackShare = 4;
+
+// Decides, before anything is packed, whether screening is likely to pay for batch element b: exact
+// similarities of kProbeRows evenly spaced source rows against every kProbeStride-th target, and the
+// error bound of those rows and targets. A sampled row is predicted to fall back when its sampled
+// targets within the bound of its sampled best, scaled to all targets, would overflow a candidate list.
+// Features so smooth that many targets score within the bound of the best do not separate, and then
+// the exact kernel alone is faster; so it is for NaN or inf samples.
+bool screening_pays(const TopKProblem& p, int64_t b, const QTileSpec& spec, int n_threads) {
+  constexpr int64_t kProbeStride = 16;
+  const int64_t D = p.D, D4 = (D + 3) / 4, rows = std::min(p.N, kProbeRows);
+  const int64_t cols = (p.M + kProbeStride - 1) / kProbeStride;
+  Buffer tgt(cols * D), src(rows * D);
+  std::vector<uint8_t> scratch(size_t(D4 * 4));
+  double max_norm = 0.0, max_rnorm = 0.0;
+  std::vector<char> usable(static_cast<size_t>(cols));
+  for (int64_t c = 0; c < cols; ++c) {
+    const int64_t j = c * kProbeStride;
+    load_row(p.tgt, b, j, D, p.normalize, p.eps, tgt.get() + c * D, 1);
+    const RowQuant q = quantize_row(tgt.get() + c * D, D, D4, 127, 0, scratch.data(), 4, nullptr);
+    if (!q.screenable) return false;
+    usable[size_t(c)] = mask_valid(p.mask, b, j);
+    max_norm = std::max(max_norm, q.norm);
+    max_rnorm = std::max(max_rnorm, q.rnorm);
   }
-  int64_t fell = 0;
+  std::atomic<int64_t> fell{0};
+#pragma omp parallel for num_threads(n_threads) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
-    int64_t total = 0;
-    for (int i = 0; i < n_threads; ++i) total += live[size_t(i * rows + r)];
-    fell += 2 * total > kCandidates;
+    std::vector<uint8_t> bytes(size_t(D4 * 4));
+    float* a = src.get() + r * D;
+    load_row(p.src, b, r * (p.N / rows) + p.N / rows / 2, D, p.normalize, p.eps, a, 1);
+    const RowQuant q = quantize_row(a, D, D4, spec.offset - 1, spec.offset, bytes.data(), 4, nullptr);
+    if (!q.screenable) {
+      ++fell;
+      continue;
+    }
+    const double bound = 2.0 * (q.qnorm * max_rnorm + q.rnorm * max_norm);
+    std::vector<float> sims;
+    float top = -kInf;
+    for (int64_t c = 0; c < cols; ++c) {
+      if (!usable[size_t(c)]) continue;
+      sims.push_back(dot_fp32(a, tgt.get() + c * D, D));
+      top = std::max(top, sims.back());
+    }
+    int64_t near = 0;
+    for (float x : sims) near += double(x) >= double(top) - bound;
+    if (near * kProbeStride > kCandidates) ++fell;
   }
-  return 5 * fell <= rows;
+  return kFallbackShare * fell.load() <= rows;
 }
 
 }  // namespace
@@ -384,17 +402,17 @@ bool nearest_cpu_screened(const TopKProblem& p, int isa, int n_threads, bool ada
   TargetPack t(panels, NR, D4, p.M, D);
   std::vector<RowBlock> blocks;
   blocks.reserve(size_t(n_threads));
-  const int64_t block_rows = std::max(w.mc, (kProbeRows + MR - 1) / MR * MR);  // the probe uses them too
-  for (int i = 0; i < n_threads; ++i) blocks.emplace_back(block_rows, k.spec, D4, D);
+  for (int i = 0; i < n_threads; ++i) blocks.emplace_back(w.mc, k.spec, D4, D);
   Buffer part_vals(cut ? items * w.mc : 0);
   std::vector<int64_t> part_idx(size_t(cut ? items * w.mc : 0));
   std::vector<std::vector<int64_t>> fallback(static_cast<size_t>(n_threads));
 
   for (int64_t b = 0; b < p.B; ++b) {
-    pack_targets(p, b, k.spec, panels, D4, t, n_threads);
+    const bool pays = !adaptive || screening_pays(p, b, k.spec, n_threads);
+    if (pays) pack_targets(p, b, k.spec, panels, D4, t, n_threads);
     std::vector<int64_t> exact;
     // NaN / inf or extreme targets belong to the exact kernel; so do data screening cannot separate.
-    if (!t.screenable || (adaptive && !screening_separates(p, b, k, t, panels, D4, blocks, n_threads))) {
+    if (!pays || !t.screenable) {
       for (int64_t n = 0; n < p.N; ++n) exact.push_back(n);
       exact_rows(p, b, exact, isa, n_threads);
       continue;
@@ -415,9 +433,10 @@ bool nearest_cpu_screened(const TopKProblem& p, int isa, int n_threads, bool ada
         const int64_t r0 = blk * w.mc, rows = std::min(w.mc, p.N - r0), padded = (rows + MR - 1) / MR * MR;
         float* out_vals = cut ? part_vals.get() + item * w.mc : p.out_sim + b * p.N + r0;
         int64_t* out_idx = cut ? part_idx.data() + item * w.mc : p.out_index + b * p.N + r0;
-        // Most rows falling back means screening cannot separate these data: stop paying for it.
+        // The probe can misjudge: twice its limit of rows falling back means screening costs more than
+        // it saves, and the remaining items go to the exact kernel.
         const int64_t done = rows_done.load(), fell_so_far = rows_fell.load();
-        const bool give_up = adaptive && done >= 4 * w.mc && 2 * fell_so_far > done;
+        const bool give_up = adaptive && done >= 4 * w.mc && kFallbackShare * fell_so_far > 2 * done;
         if (!give_up) {
           load_row_block(p, b, r0, 1, rows, padded, k.spec, D4, t, rb);
           for (int64_t pn = c * w.chunk_panels; pn < std::min(panels, (c + 1) * w.chunk_panels); ++pn)
@@ -451,7 +470,6 @@ bool nearest_cpu_screened(const TopKProblem& p, int isa, int n_threads, bool ada
       f.clear();
     }
 
-    if (std::getenv("LIFT_SCREEN_DEBUG")) std::fprintf(stderr, "screen: b=%ld fallback rows %zu of %ld\n", long(b), exact.size(), long(p.N));
     std::sort(exact.begin(), exact.end());
     exact.erase(std::unique(exact.begin(), exact.end()), exact.end());
     exact_rows(p, b, exact, isa, n_threads);

@@ -173,8 +173,8 @@ def test_extreme_magnitudes_go_to_the_exact_kernel(kernel, case):
     assert (index >= 0).all()
 
 
-def test_probe_with_more_threads_than_row_blocks_hold(torch_threads_16):
-    """Auto mode probes 64 rows even when a thread's row block is smaller (many threads, few rows)."""
+def test_auto_mode_with_many_threads(torch_threads_16):
+    """Auto mode with more threads than cores and row blocks smaller than the probe's sample."""
     src, tgt = randn(1024, 256, seed=9), randn(4096, 256, seed=10)
     index, sim = matching.nearest(src, tgt)
     assert_topk_close(index.unsqueeze(-1), sim.unsqueeze(-1), src, tgt, 1)
