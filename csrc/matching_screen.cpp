@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 #include <cstdlib>
 
@@ -304,18 +305,24 @@ void rescore(RowBlock& rb, const TargetPack& t, int64_t r, int64_t D, float* out
   *out_idx = best_j;
 }
 
-// Runs `rows` (source rows of batch b) through the exact fp32 kernel and writes their results.
+// Runs source rows `rows` of batch b (empty: all of them, read in place) through the exact fp32
+// kernel and writes their results.
 void exact_rows(const TopKProblem& p, int64_t b, const std::vector<int64_t>& rows, int isa, int n_threads) {
-  const int64_t nf = int64_t(rows.size()), D = p.D;
-  if (nf == 0) return;
-  Buffer raw(nf * D);
-#pragma omp parallel for num_threads(n_threads) schedule(static)
-  for (int64_t i = 0; i < nf; ++i) load_row(p.src, b, rows[size_t(i)], D, false, p.eps, raw.get() + i * D, 1);
-  std::vector<int64_t> idx(static_cast<size_t>(nf));
-  std::vector<float> sim(static_cast<size_t>(nf));
+  const int64_t D = p.D, nf = rows.empty() ? p.N : int64_t(rows.size());
+  const auto batch_offset = [b](const Operand& x) {
+    return static_cast<const char*>(x.data) + b * x.stride_b * int64_t(element_bytes(x.dtype));
+  };
   TopKProblem sub = p;
-  sub.src = Operand{raw.get(), kFloat32, 0, D, 1};
-  sub.tgt.data = static_cast<const char*>(p.tgt.data) + b * p.tgt.stride_b * int64_t(element_bytes(p.tgt.dtype));
+  Buffer raw(rows.empty() ? 0 : nf * D);
+  if (rows.empty()) {
+    sub.src.data = batch_offset(p.src);
+    sub.src.stride_b = 0;
+  } else {
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t i = 0; i < nf; ++i) load_row(p.src, b, rows[size_t(i)], D, false, p.eps, raw.get() + i * D, 1);
+    sub.src = Operand{raw.get(), kFloat32, 0, D, 1};
+  }
+  sub.tgt.data = batch_offset(p.tgt);
   sub.tgt.stride_b = 0;
   if (p.mask.data) {
     sub.mask.data = p.mask.data + b * p.mask.stride_b;
@@ -323,6 +330,14 @@ void exact_rows(const TopKProblem& p, int64_t b, const std::vector<int64_t>& row
   }
   sub.B = 1;
   sub.N = nf;
+  if (rows.empty()) {  // straight into the outputs
+    sub.out_index = p.out_index + b * p.N;
+    sub.out_sim = p.out_sim + b * p.N;
+    topk_cpu_exact(sub, isa, n_threads);
+    return;
+  }
+  std::vector<int64_t> idx(static_cast<size_t>(nf));
+  std::vector<float> sim(static_cast<size_t>(nf));
   sub.out_index = idx.data();
   sub.out_sim = sim.data();
   topk_cpu_exact(sub, isa, n_threads);
@@ -336,13 +351,13 @@ void exact_rows(const TopKProblem& p, int64_t b, const std::vector<int64_t>& row
 // int8 one, which takes about half the fp32 kernel's time): at most 1 row in kFallbackShare.
 constexpr int64_t kFallbackShare = 4;
 
-// Decides, before anything is packed, whether screening is likely to pay for batch element b: exact
-// similarities of kProbeRows evenly spaced source rows against every kProbeStride-th target, and the
-// error bound of those rows and targets. A sampled row is predicted to fall back when its sampled
-// targets within the bound of its sampled best, scaled to all targets, would overflow a candidate list.
-// Features so smooth that many targets score within the bound of the best do not separate, and then
-// the exact kernel alone is faster; so it is for NaN or inf samples.
-bool screening_pays(const TopKProblem& p, int64_t b, const QTileSpec& spec, int n_threads) {
+// A first, cheap look before anything is packed: exact similarities of kProbeRows evenly spaced source
+// rows against every kProbeStride-th target, and the error bound of those rows and targets. A sampled
+// row looks hopeless when its sampled targets within the bound of its sampled best, scaled to all
+// targets, would overflow a candidate list. This overestimates (the best over a sample is lower than
+// over all targets), so it only turns away data where nearly every row looks hopeless: features so
+// smooth (or degenerate) that screening cannot separate them. NaN or inf samples are turned away too.
+bool screening_plausible(const TopKProblem& p, int64_t b, const QTileSpec& spec, int n_threads) {
   constexpr int64_t kProbeStride = 16;
   const int64_t D = p.D, D4 = (D + 3) / 4, rows = std::min(p.N, kProbeRows);
   const int64_t cols = (p.M + kProbeStride - 1) / kProbeStride;
@@ -382,7 +397,48 @@ bool screening_pays(const TopKProblem& p, int64_t b, const QTileSpec& spec, int 
     for (float x : sims) near += double(x) >= double(top) - bound;
     if (near * kProbeStride > kCandidates) ++fell;
   }
-  return kFallbackShare * fell.load() <= rows;
+  return 4 * fell.load() < 3 * rows;
+}
+
+// The decision proper, once the targets are packed: the same sampled rows screened against every
+// target (each thread a slice of the targets). A sampled row counts as falling back when a slice
+// overflowed or the slices' candidates within the bound of the row's best estimate over all slices
+// overflow one list.
+bool screening_pays(const TopKProblem& p, int64_t b, const QKernel& k, const TargetPack& t, int64_t panels,
+                    int64_t D4, std::vector<RowBlock>& blocks, int n_threads) {
+  const int64_t rows = std::min(p.N, kProbeRows), step = p.N / rows;
+  const int64_t padded = (rows + k.spec.mr - 1) / k.spec.mr * k.spec.mr;
+  std::vector<float> best(size_t(n_threads * rows), -kInf);
+  std::vector<int> live(size_t(n_threads * rows), 0);
+#pragma omp parallel num_threads(n_threads)
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num(), threads = omp_get_num_threads();
+#else
+    const int tid = 0, threads = 1;
+#endif
+    RowBlock& rb = blocks[size_t(tid)];
+    load_row_block(p, b, step / 2, step, rows, padded, k.spec, D4, t, rb);
+    const int64_t slice = (panels + threads - 1) / threads;
+    for (int64_t pn = tid * slice; pn < std::min(panels, (tid + 1) * slice); ++pn) scan_panel(k, t, pn, D4, padded, rb);
+    for (int64_t r = 0; r < rows; ++r) best[size_t(tid * rows + r)] = rb.count[r] < 0 ? kInf : rb.best[r];
+#pragma omp barrier
+    for (int64_t r = 0; r < rows; ++r) {
+      float top = -kInf;
+      for (int i = 0; i < threads; ++i) top = std::max(top, best[size_t(i * rows + r)]);
+      const float thr = minus_down(top, rb.bound[r]);
+      int n = 0;
+      for (int c = 0; c < rb.count[r]; ++c) n += rb.cand_val[r * kCandidates + c] >= thr;
+      live[size_t(tid * rows + r)] = rb.count[r] < 0 ? kCandidates + 1 : n;
+    }
+  }
+  int64_t fell = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t total = 0;
+    for (int i = 0; i < n_threads; ++i) total += live[size_t(i * rows + r)];
+    fell += total > kCandidates;
+  }
+  return kFallbackShare * fell <= rows;
 }
 
 }  // namespace
@@ -399,24 +455,38 @@ bool nearest_cpu_screened(const TopKProblem& p, int isa, int n_threads, bool ada
   const int64_t items = w.row_blocks * w.chunks;
   const bool cut = w.chunks > 1;
 
-  TargetPack t(panels, NR, D4, p.M, D);
+  // Allocated when first needed and released before the last exact pass, which packs the targets
+  // again: the two never add up.
+  std::unique_ptr<TargetPack> pack;
   std::vector<RowBlock> blocks;
-  blocks.reserve(size_t(n_threads));
-  for (int i = 0; i < n_threads; ++i) blocks.emplace_back(w.mc, k.spec, D4, D);
+  const auto release = [&] {
+    pack.reset();
+    blocks.clear();
+    blocks.shrink_to_fit();
+  };
   Buffer part_vals(cut ? items * w.mc : 0);
   std::vector<int64_t> part_idx(size_t(cut ? items * w.mc : 0));
   std::vector<std::vector<int64_t>> fallback(static_cast<size_t>(n_threads));
 
   for (int64_t b = 0; b < p.B; ++b) {
-    const bool pays = !adaptive || screening_pays(p, b, k.spec, n_threads);
-    if (pays) pack_targets(p, b, k.spec, panels, D4, t, n_threads);
-    std::vector<int64_t> exact;
+    const bool last = b == p.B - 1;
+    bool screen = !adaptive || screening_plausible(p, b, k.spec, n_threads);
+    if (screen && !pack) {
+      pack = std::make_unique<TargetPack>(panels, NR, D4, p.M, D);
+      const int64_t block_rows = std::max(w.mc, (kProbeRows + MR - 1) / MR * MR);  // the probe uses them too
+      blocks.reserve(size_t(n_threads));
+      for (int i = 0; i < n_threads; ++i) blocks.emplace_back(block_rows, k.spec, D4, D);
+    }
+    if (screen) pack_targets(p, b, k.spec, panels, D4, *pack, n_threads);
     // NaN / inf or extreme targets belong to the exact kernel; so do data screening cannot separate.
-    if (!pays || !t.screenable) {
-      for (int64_t n = 0; n < p.N; ++n) exact.push_back(n);
-      exact_rows(p, b, exact, isa, n_threads);
+    screen = screen && pack->screenable && (!adaptive || screening_pays(p, b, k, *pack, panels, D4, blocks, n_threads));
+    if (!screen) {
+      if (last) release();
+      exact_rows(p, b, {}, isa, n_threads);
       continue;
     }
+    const TargetPack& t = *pack;
+    std::vector<int64_t> exact;
     std::atomic<int64_t> rows_done{0}, rows_fell{0};
 #pragma omp parallel num_threads(n_threads)
     {
@@ -472,6 +542,8 @@ bool nearest_cpu_screened(const TopKProblem& p, int isa, int n_threads, bool ada
 
     std::sort(exact.begin(), exact.end());
     exact.erase(std::unique(exact.begin(), exact.end()), exact.end());
+    if (exact.empty()) continue;
+    if (last) release();
     exact_rows(p, b, exact, isa, n_threads);
   }
   return true;
