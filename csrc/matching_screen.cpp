@@ -2,18 +2,19 @@
 // Every similarity is first estimated from int8-quantised rows by the int8 micro-kernels (about
 // twice the multiply throughput of fp32 FMAs), with a rigorous bound E_i on the estimate's error for
 // source row i (quantisation residuals by Cauchy-Schwarz, plus fp32 rounding). Only targets whose
-// estimate lies within 2 E_i of the row's best estimate can hold the true maximum; those few are
-// rescored exactly in fp32 from unit-norm rows kept beside the int8 panels. Rows where too many targets
-// stay in range (near-duplicates, all-zero rows), rows holding NaN or inf, and whole batch elements
-// whose targets hold NaN or inf go to the exact fp32 kernel instead, so the result is always the exact
-// top-1 (ties to the lowest index, as everywhere).
+// estimate lies within 2 E_i of the row's best estimate can hold the true maximum; they are rescored
+// exactly in fp32 from unit-norm rows kept beside the int8 panels, best estimate first, stopping once
+// no estimate left is within E_i of the best exact value. Rows with more such targets than a list
+// holds (near-duplicates, all-zero rows), rows holding NaN, inf or extreme magnitudes, and whole batch
+// elements whose targets do, go to the exact fp32 kernel, so the result is always the exact top-1
+// (ties to the lowest index, as everywhere). In auto mode a sample of rows first decides whether the
+// data separate well enough for screening to pay (smooth or degenerate features may not).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <limits>
 #include <memory>
 #include <vector>
-#include <cstdlib>
 
 #ifdef _OPENMP
 #include <omp.h>

@@ -113,19 +113,26 @@ def test_unnormalised_rows_of_very_different_scales(kernel):
     torch.testing.assert_close(sim, ref_sim, rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("data", ["separable", "degenerate"])
+@pytest.mark.parametrize("data", ["separable", "degenerate", "mixed"])
 def test_auto_mode_through_the_public_api(monkeypatch, data):
-    """Auto screens dense problems (several source row blocks) after probing a sample of rows; data
-    it cannot separate (every feature nearly the same) go to the exact kernel. Same answers both ways."""
+    """Auto screens dense problems (several source row blocks, a few million pairs) after probing a
+    sample of rows; data it cannot separate (every feature nearly the same) go to the exact kernel,
+    per batch element ("mixed": one of each). Same answers every way."""
     monkeypatch.setenv("LIFT_MATCH_SCREEN", "auto")
     g = torch.Generator().manual_seed(6)
-    n, m, d = 900, 300, 384
+    n, m, d = 1500, 3000, 384
+
+    def degenerate(rows):
+        common = torch.randn(d, generator=g)
+        return common + 0.1 * torch.randn(rows, d, generator=g)  # cosines ~0.99, spread ~1e-3
+
     if data == "separable":
         src, tgt = torch.randn(n, d, generator=g), torch.randn(m, d, generator=g)
+    elif data == "degenerate":
+        src, tgt = degenerate(n), degenerate(m)
     else:
-        common = torch.randn(d, generator=g)
-        src = common + 0.1 * torch.randn(n, d, generator=g)  # cosines ~0.99, spread ~1e-3
-        tgt = common + 0.1 * torch.randn(m, d, generator=g)
+        src = torch.stack([torch.randn(n, d, generator=g), degenerate(n)])
+        tgt = torch.stack([torch.randn(m, d, generator=g), degenerate(m)])
     isa = matching._ISA_NAMES[matching.cpu_isa()]
     assert _C.cpu_work_split(1, n, m, d, isa, torch.get_num_threads())["row_blocks"] > 1 or torch.get_num_threads() > 8
     index, sim = matching.nearest(src, tgt)
