@@ -261,8 +261,10 @@ void topk_cpu(const TopKProblem& p, int isa, int n_threads, int screen) {
   // small against the scan: a few million pairs, and source rows spanning several cache blocks (below
   // that the exact kernel streams the targets without packing them all).
   const bool big = p.N * p.M >= (int64_t(1) << 22) && cpu_work_split(p.B, p.N, p.M, p.D, isa, n_threads).row_blocks > 1;
-  const bool screen_here = p.k == 1 && (screen == kScreenOn || screen == kScreenOnNoVnni || (screen == kScreenAuto && big));
-  if (screen_here && cpu::nearest_cpu_screened(p, isa, n_threads, screen == kScreenAuto, screen != kScreenOnNoVnni)) return;
+  const bool forced = screen == kScreenOn || screen == kScreenOnNoVnni;
+  const bool screen_here = p.k == 1 && (forced || (screen == kScreenAuto && big));
+  const bool adaptive = screen == kScreenAuto, allow_vnni = screen != kScreenOnNoVnni;
+  if (screen_here && cpu::nearest_cpu_screened(p, isa, n_threads, adaptive, allow_vnni)) return;
   cpu::topk_cpu_exact(p, isa, n_threads);
 }
 

@@ -44,7 +44,8 @@ QKernel qkernel_for(int isa, bool allow_vnni) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (isa == kIsaAvx512 && __builtin_cpu_supports("avx512bw")) {
-    if (allow_vnni && qtile_vnni() && __builtin_cpu_supports("avx512vnni")) return {qtile_vnni(), kQVnniTile, "avx512vnni"};
+    if (allow_vnni && qtile_vnni() && __builtin_cpu_supports("avx512vnni"))
+      return {qtile_vnni(), kQVnniTile, "avx512vnni"};
     if (qtile_avx512()) return {qtile_avx512(), kQAvx512Tile, "avx512bw"};
   }
   if (isa >= kIsaAvx2 && qtile_avx2()) return {qtile_avx2(), kQAvx2Tile, "avx2"};
@@ -68,8 +69,9 @@ constexpr float kMinAbs = 0x1p-40f, kMaxAbs = 0x1p40f;
 // Quantises x (D) to q[d] = round(x[d] / scale), |q| <= levels, scale = max|x| / levels, and writes
 // the bytes q + offset at dst[(d / 4) * group_stride + d % 4], depth padded to D4 * 4 with q = 0.
 // `qsum` (may be null) receives sum_d q[d]. A row holding NaN or inf, or of a magnitude outside
-// [kMinAbs, kMaxAbs] (zero rows are fine), is written as zeros and reported not screenable. Any rounding would do (the bound uses the residual
-// actually left); the sums run in 8 lanes so that they vectorise.
+// [kMinAbs, kMaxAbs] (zero rows are fine), is written as zeros and reported not screenable. Any
+// rounding would do (the bound uses the residual actually left); the sums run in 8 lanes so that they
+// vectorise.
 RowQuant quantize_row(const float* x, int64_t D, int64_t D4, int levels, int offset, uint8_t* dst,
                       int64_t group_stride, int32_t* qsum) {
   float amax8[8] = {}, nan8[8] = {};

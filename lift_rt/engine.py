@@ -90,7 +90,8 @@ def check_backend_options(cls: type[Backend], name: str, options: dict[str, Any]
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    accepted = sorted(k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("device", "precision"))
+    accepted = sorted(k for k, p in params.items()
+                      if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("device", "precision"))
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(
