@@ -53,7 +53,8 @@ constexpr int kMaxK = 16;  // largest k of the top-k kernels
 enum Isa : int { kIsaAuto = -1, kIsaScalar = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
 int cpu_best_isa();
 // Top-1 on the CPU may screen candidates with int8 dot products and rescore them in fp32 (same
-// result, about twice the speed): off, auto (when the source rows span several cache blocks), on.
+// result, 1.2-2x the speed on large problems): off; auto (a few million pairs or more, several
+// source row blocks, and a sample of rows says it pays); on (always, where an int8 kernel exists).
 // kScreenOnNoVnni: on, but never the VNNI kernel (tests of the AVX-512BW kernel on VNNI machines).
 constexpr int kScreenCandidates = 512;  // screening candidates per row and column chunk before a row falls back
 enum Screen : int { kScreenOff = 0, kScreenAuto = 1, kScreenOn = 2, kScreenOnNoVnni = 3 };

@@ -43,8 +43,7 @@ void insert_row(const float* v, int nr, int64_t j0, float* vals, int64_t* idx, i
 
 }  // namespace
 
-// Merges the top-k lists of one row found in `parts` consecutive column chunks (list c at
-// offset c * stride, chunks in ascending column order) into `vals` / `idx`.
+// See matching_cpu_util.h.
 void merge_chunks(const float* part_vals, const int64_t* part_idx, int64_t parts, int64_t stride, int k,
                   float* vals, int64_t* idx) {
   std::fill(vals, vals + k, -kInf);
@@ -250,7 +249,9 @@ CpuWorkSplit cpu_work_split(int64_t B, int64_t N, int64_t M, int64_t D, int isa,
   return cpu::plan_work(B, N, M, D, ts.mr, ts.nr, std::max(n_threads, 1));
 }
 
-const char* cpu_screen_kernel(int isa, bool allow_vnni) { return cpu::screen_kernel_name(resolve_isa(isa), allow_vnni); }
+const char* cpu_screen_kernel(int isa, bool allow_vnni) {
+  return cpu::screen_kernel_name(resolve_isa(isa), allow_vnni);
+}
 
 void topk_cpu(const TopKProblem& p, int isa, int n_threads, int screen) {
   if (p.k < 1 || p.k > kMaxK) throw std::invalid_argument("lift_rt matching: k out of range");
@@ -260,9 +261,12 @@ void topk_cpu(const TopKProblem& p, int isa, int n_threads, int screen) {
   // Screening pays once its fixed costs (packing every target twice, probing a sample of rows) are
   // small against the scan: a few million pairs, and source rows spanning several cache blocks (below
   // that the exact kernel streams the targets without packing them all).
-  const bool big = p.N * p.M >= (int64_t(1) << 22) && cpu_work_split(p.B, p.N, p.M, p.D, isa, n_threads).row_blocks > 1;
+  const auto big = [&] {
+    const TileShape ts = cpu::tile_shape(isa);
+    return p.N * p.M >= (int64_t(1) << 22) && cpu::plan_work(p.B, p.N, p.M, p.D, ts.mr, ts.nr, n_threads).row_blocks > 1;
+  };
   const bool forced = screen == kScreenOn || screen == kScreenOnNoVnni;
-  const bool screen_here = p.k == 1 && (forced || (screen == kScreenAuto && big));
+  const bool screen_here = p.k == 1 && (forced || (screen == kScreenAuto && big()));
   const bool adaptive = screen == kScreenAuto, allow_vnni = screen != kScreenOnNoVnni;
   if (screen_here && cpu::nearest_cpu_screened(p, isa, n_threads, adaptive, allow_vnni)) return;
   cpu::topk_cpu_exact(p, isa, n_threads);
