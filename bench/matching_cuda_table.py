@@ -1,4 +1,4 @@
-"""CUDA matchers (csrc wmma kernel, Triton GEMM + fused argmax) against cuBLAS: time and peak memory.
+"""CUDA matchers (csrc tensor-core kernel, Triton GEMM + fused argmax) against cuBLAS: time and peak memory.
 
     python bench/matching_cuda_table.py                 # N = M in {784, 3136, 12544}, D in {384, 768}, bf16/fp16
     python bench/matching_cuda_table.py --dtypes fp32   # another dtype

@@ -87,6 +87,12 @@ PYBIND11_MODULE(_C, m) {
           lift::soft_argmax_cpu(p, n_threads);
         });
 #ifdef LIFT_WITH_CUDA
+  m.def("topk_cuda_splits",
+        [](const OperandTuple& src, const OperandTuple& tgt, const MaskTuple& mask, int64_t B, int64_t N, int64_t M,
+           int64_t D, int k, bool normalize, float eps, int64_t out_index, int64_t out_sim) {
+          return lift::topk_cuda_splits(topk_problem(src, tgt, mask, B, N, M, D, k, normalize, eps, out_index, out_sim));
+        },
+        "Column splits topk_cuda wants for this problem on the current CUDA device (part buffers hold splits per row).");
   m.def("topk_cuda",
         [](const OperandTuple& src, const OperandTuple& tgt, const MaskTuple& mask, int64_t B, int64_t N, int64_t M,
            int64_t D, int k, bool normalize, float eps, int64_t out_index, int64_t out_sim, int splits,

@@ -72,6 +72,9 @@ CpuWorkSplit cpu_work_split(int64_t B, int64_t N, int64_t M, int64_t D, int isa,
 void soft_argmax_cpu(const SoftArgmaxProblem& p, int n_threads);
 
 #ifdef LIFT_WITH_CUDA
+// Column splits topk_cuda wants for p on the current device (the kernel p runs on, its
+// occupancy and the SM count decide).
+int topk_cuda_splits(const TopKProblem& p);
 // Workspace (device memory, from the caller's allocator): inv_norm B * (N + M) floats when
 // normalising; part_val / part_idx B * N * splits * k entries.
 void topk_cuda(const TopKProblem& p, int splits, float* inv_norm, float* part_val, int64_t* part_idx,

@@ -24,6 +24,8 @@ Conventions shared by every function here:
 """
 from __future__ import annotations
 
+import math
+import operator
 import os
 from typing import Optional
 
@@ -105,13 +107,6 @@ def _cuda_stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def _cuda_splits(b: int, n: int, m: int, device: torch.device) -> int:
-    """Column splits so that the CUDA grid fills the GPU (4 blocks per SM; 64 x 64 tiles)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    row_blocks = max(1, b * -(-n // 64))
-    return max(1, min(-(-m // 64), -(-4 * sms // row_blocks)))
-
-
 @torch.library.custom_op("lift_rt::match_topk", mutates_args=())
 def _match_topk(src: Tensor, tgt: Tensor, mask: Optional[Tensor], k: int, normalize: bool, eps: float
                 ) -> tuple[Tensor, Tensor]:
@@ -130,11 +125,11 @@ def _match_topk(src: Tensor, tgt: Tensor, mask: Optional[Tensor], k: int, normal
             best, best_sim = nearest_triton(src, tgt, mask, normalize=normalize, eps=eps)
         index, sim = best.unsqueeze(-1), best_sim.unsqueeze(-1)
     elif b * n > 0:
-        splits = _cuda_splits(b, n, m, src.device)
-        inv_norm = torch.empty(b * (n + m) if normalize else 1, dtype=torch.float32, device=src.device)
-        part_val = torch.empty(b * n * splits * k, dtype=torch.float32, device=src.device)
-        part_idx = torch.empty(b * n * splits * k, dtype=torch.int64, device=src.device)
         with torch.cuda.device(src.device):  # the kernels launch on the current device
+            splits = _C.topk_cuda_splits(*args)
+            inv_norm = torch.empty(b * (n + m) if normalize else 1, dtype=torch.float32, device=src.device)
+            part_val = torch.empty(b * n * splits * k, dtype=torch.float32, device=src.device)
+            part_idx = torch.empty(b * n * splits * k, dtype=torch.int64, device=src.device)
             _C.topk_cuda(*args, splits, inv_norm.data_ptr(), part_val.data_ptr(), part_idx.data_ptr(),
                          _cuda_stream(src.device))
     return index, sim
@@ -200,13 +195,44 @@ def _check_pair(src: Tensor, tgt: Tensor, mask: Optional[Tensor], what: str = "t
     if tgt.shape[1] == 0:
         raise ValueError(f"{what} is empty (M = 0): nothing to match against")
     if mask is not None:
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"{what}_mask must be a bool tensor")
-        if tuple(mask.shape) != tuple(tgt.shape[:2]):
-            raise ValueError(f"{what}_mask must have shape {tuple(tgt.shape[:2])}, got {tuple(mask.shape)}")
-        if mask.device != tgt.device:
-            raise ValueError(f"mask is on {mask.device}, features on {tgt.device}")
+        _check_mask(mask, tuple(tgt.shape[:2]), tgt.device, f"{what}_mask")
     return src, tgt, mask, unbatched
+
+
+def _check_mask(mask: Tensor, shape: tuple[int, ...], device: torch.device, name: str) -> None:
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}")
+    if mask.device != device:
+        raise ValueError(f"{name} is on {mask.device}, features on {device}")
+
+
+def _integer(name: str, value, minimum: int) -> int:
+    """``value`` as an int >= minimum (numpy and torch integers too); bool, float and str are TypeErrors."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {number}")
+    return number
+
+
+def _size_pair(name: str, value) -> tuple[int, int]:
+    """``value`` as (height, width), two integers >= 1."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"{name} must be a (height, width) pair, got {value!r}")
+    return _integer(f"{name}[0]", value[0], 1), _integer(f"{name}[1]", value[1], 1)
+
+
+def _positive_finite(name: str, value, *, zero_ok: bool = False) -> float:
+    number = float(value)
+    if not (math.isfinite(number) and (number > 0 or (zero_ok and number == 0))):
+        raise ValueError(f"{name} must be a finite number {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+    return number
 
 
 def topk(src: Tensor, tgt: Tensor, k: int, *, normalize: bool = True, mask: Optional[Tensor] = None,
@@ -218,8 +244,10 @@ def topk(src: Tensor, tgt: Tensor, k: int, *, normalize: bool = True, mask: Opti
     Missing candidates (fewer than k valid) are index -1, similarity -inf.
     """
     src, tgt, mask, unbatched = _check_pair(src, tgt, mask)
-    if not 1 <= k <= min(MAX_K, tgt.shape[1]):
+    k = _integer("k", k, 1)
+    if k > min(MAX_K, tgt.shape[1]):
         raise ValueError(f"k must be in [1, min({MAX_K}, M={tgt.shape[1]})], got {k}")
+    eps = _positive_finite("eps", eps, zero_ok=True)
     index, sim = _match_topk(src, tgt, mask, k, normalize, eps)
     return (index[0], sim[0]) if unbatched else (index, sim)
 
@@ -243,6 +271,8 @@ def mutual(src: Tensor, tgt: Tensor, *, normalize: bool = True, src_mask: Option
     Returns index B x N, similarity B x N (as :func:`nearest` from src to tgt) and is_mutual
     B x N bool: True where the nearest source of target ``index[b, n]`` is ``n`` again.
     """
+    if src_mask is not None and isinstance(src, Tensor):
+        _check_mask(src_mask, tuple(src.shape[:-1]), src.device, "src_mask")
     index, sim = nearest(src, tgt, normalize=normalize, mask=tgt_mask, eps=eps)
     if src.shape[-2] == 0:
         return index, sim, torch.zeros_like(index, dtype=torch.bool)
@@ -260,14 +290,18 @@ def soft_argmax(src: Tensor, tgt: Tensor, index: Tensor, grid_size: tuple[int, i
     tgt B x M x D holds a h x w grid (M = h * w, row-major); ``index`` B x N is a match per source
     row (e.g. from :func:`nearest`). Softmax of similarity / temperature over the valid cells of
     the (2 radius + 1)^2 window around each match -> expected position B x N x 2 as (x, y) in grid
-    cells (cell centres at integers). NaN where index is -1.
+    cells (cell centres at integers). NaN where index is -1 or outside [0, M) (not checked here:
+    that would wait for the GPU), and where no cell of the window is valid.
     """
     src, tgt, mask, unbatched = _check_pair(src, tgt, mask)
-    h, w = grid_size
+    h, w = _size_pair("grid_size", grid_size)
     if h * w != tgt.shape[1]:
         raise ValueError(f"grid_size {grid_size} does not hold M = {tgt.shape[1]} targets")
-    if radius < 0 or not temperature > 0:
-        raise ValueError("radius must be >= 0 and temperature > 0")
+    radius = _integer("radius", radius, 0)
+    temperature = _positive_finite("temperature", temperature)
+    eps = _positive_finite("eps", eps, zero_ok=True)
+    if not isinstance(index, Tensor):
+        raise TypeError(f"index must be an int64 tensor, got {type(index).__name__}")
     index = index.unsqueeze(0) if unbatched else index
     if index.dtype != torch.int64 or tuple(index.shape) != tuple(src.shape[:2]) or index.device != src.device:
         raise ValueError(f"index must be int64 of shape {tuple(src.shape[:2])} on {src.device}")
@@ -293,6 +327,12 @@ def cells_to_pixels(uv: Tensor, image_size: tuple[int, int], grid_size: tuple[in
 def sample_descriptors(feats: Tensor, kps: Tensor, image_size: tuple[int, int]) -> Tensor:
     """Bilinear samples of a B x D x h x w feature map at keypoints B x K x 2 (x, y in pixels of
     an image of ``image_size`` = (H, W)) -> B x K x D float32 (border values outside the map)."""
+    if not isinstance(feats, Tensor) or feats.dim() != 4:
+        raise ValueError(f"feats must be a B x D x h x w tensor, got {getattr(feats, 'shape', type(feats).__name__)}")
+    if not isinstance(kps, Tensor) or kps.dim() != 3 or kps.shape[-1] != 2 or kps.shape[0] != feats.shape[0]:
+        raise ValueError(f"kps must be a B x K x 2 tensor with B = {feats.shape[0]}, "
+                         f"got {getattr(kps, 'shape', type(kps).__name__)}")
+    image_size = _size_pair("image_size", image_size)
     h, w = feats.shape[-2:]
     uv = pixels_to_cells(kps.float(), image_size, (h, w))
     grid = torch.stack([(uv[..., 0] + 0.5) * 2 / w - 1, (uv[..., 1] + 0.5) * 2 / h - 1], dim=-1)
@@ -317,17 +357,24 @@ def match_keypoints(src_feats: Tensor, tgt_feats: Tensor, src_kps: Tensor, image
     Returns tgt_kps B x K x 2 (float32 pixels) and similarity B x K; a keypoint with a non-finite
     coordinate (e.g. a missing annotation as NaN) or without a valid target gets NaN and -inf.
     """
-    if src_feats.dim() != 4 or tgt_feats.dim() != 4:
-        raise ValueError("src_feats and tgt_feats must be B x D x h x w")
+    if not isinstance(src_feats, Tensor) or not isinstance(tgt_feats, Tensor) or src_feats.dim() != 4 \
+            or tgt_feats.dim() != 4:
+        raise ValueError("src_feats and tgt_feats must be B x D x h x w tensors")
+    if not isinstance(src_kps, Tensor):
+        raise TypeError(f"src_kps must be a B x K x 2 tensor, got {type(src_kps).__name__}")
     if src_kps.dim() != 3 or src_kps.shape[-1] != 2 or src_kps.shape[0] != src_feats.shape[0]:
         raise ValueError(f"src_kps must be B x K x 2 with B = {src_feats.shape[0]}, got {tuple(src_kps.shape)}")
     if not src_kps.is_floating_point() and src_kps.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"src_kps must be a float or integer tensor, got {src_kps.dtype}")
     if src_kps.device != src_feats.device:
         raise ValueError(f"src_kps is on {src_kps.device}, features on {src_feats.device}")
-    tgt_image_size = image_size if tgt_image_size is None else tgt_image_size
+    image_size = _size_pair("image_size", image_size)
+    tgt_image_size = image_size if tgt_image_size is None else _size_pair("tgt_image_size", tgt_image_size)
+    refine_radius = _integer("refine_radius", refine_radius, 0)
     th, tw = tgt_feats.shape[-2:]
     tgt = tgt_feats.flatten(2).transpose(1, 2)  # B x M x D view, no copy
+    if tgt_mask is not None:
+        _check_mask(tgt_mask, (tgt_feats.shape[0], th, tw), tgt_feats.device, "tgt_mask")
     mask = None if tgt_mask is None else tgt_mask.flatten(1)
     if src_feats.device != tgt_feats.device or src_feats.dtype != tgt_feats.dtype:
         raise ValueError("src_feats and tgt_feats must share dtype and device")

@@ -1,4 +1,5 @@
 """lift_rt.matching (C++/CUDA kernels) against lift_rt.matching_reference."""
+import numpy as np
 import pytest
 import torch
 
@@ -150,6 +151,31 @@ def test_nan_never_wins(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k", [1, 3])
+def test_minus_inf_scores_never_match(device, k):
+    """Without normalisation a target with a -inf component scores -inf (or NaN): no match, as the reference."""
+    src = torch.ones(1, 4, 8, device=device)
+    tgt = torch.ones(1, 5, 8, device=device)
+    tgt[0, :, 0] = float("-inf")
+    tgt[0, 2, 0] = 1.0  # the only finite target
+    index, sim = matching.topk(src, tgt, k, normalize=False)
+    ref_index, ref_sim = ref.topk_reference(src.cpu(), tgt.cpu(), k, normalize=False)
+    assert torch.equal(index.cpu(), ref_index) and torch.equal(sim.cpu(), ref_sim)
+    assert (index[..., 0] == 2).all() and (index[..., 1:] == -1).all()
+
+
+@pytest.mark.skipif(not CUDA_OK, reason="needs a CUDA GPU and a CUDA build")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("b,n,m,d", [(1, 1000, 3000, 384), (3, 300, 517, 64), (2, 129, 4100, 40)])
+def test_tensor_core_nearest_at_real_sizes(dtype, b, n, m, d):
+    """Shapes the tensor-core top-1 kernel takes (depth a multiple of 8, aligned rows): many tiles,
+    column splits chosen from the GPU's occupancy, a depth tail (d = 40)."""
+    src, tgt = randn(b, n, d, dtype=dtype, device="cuda", seed=n), randn(b, m, d, dtype=dtype, device="cuda", seed=m)
+    index, sim = matching.nearest(src, tgt)
+    assert_topk_close(index.unsqueeze(-1), sim.unsqueeze(-1), src, tgt, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs_are_read_in_place(device):
     src_t, tgt_t = randn(2, 24, 31, device=device, seed=11), randn(2, 24, 45, device=device, seed=12)
     src, tgt = src_t.transpose(1, 2), tgt_t.transpose(1, 2)[:, ::2]  # B x N x D views with odd strides
@@ -200,6 +226,15 @@ def test_bad_dtypes_devices_and_k():
         matching.topk(src, tgt, 6)
     with pytest.raises(ValueError, match="k must be"):
         matching.topk(randn(1, 4, 8), randn(1, 40, 8), matching.MAX_K + 1)
+    for bad_k in (2.5, "2", True):
+        with pytest.raises(TypeError, match="k must be an integer"):
+            matching.topk(src, tgt, bad_k)
+    assert matching.topk(src, tgt, np.int64(2))[0].shape == (1, 4, 2)  # numpy integers are integers
+    for bad_eps in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError, match="eps must be"):
+            matching.nearest(src, tgt, eps=bad_eps)
+    with pytest.raises(ValueError, match="src_mask must have shape"):
+        matching.mutual(src, tgt, src_mask=torch.ones(1, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="LIFT_MATCH_ISA"):
         import os
         os.environ["LIFT_MATCH_ISA"] = "sse9"
@@ -222,6 +257,7 @@ def test_mutual_matches_reference(device):
     index, sim, mut = matching.mutual(src, tgt, tgt_mask=tgt_mask)
     r_index, r_sim, r_mut = ref.mutual_reference(src.cpu(), tgt.cpu(), tgt_mask=tgt_mask.cpu())
     assert torch.equal(index.cpu(), r_index) and torch.equal(mut.cpu(), r_mut)
+    torch.testing.assert_close(sim.cpu(), r_sim, atol=1e-5, rtol=0)
     assert mut.any()
     both = torch.cat([src[:, :5], src[:, :5]], dim=1)  # a source and its copy: only the first is mutual
     _, _, mut = matching.mutual(both, src[:, :5])
@@ -240,7 +276,7 @@ def test_soft_argmax_matches_reference(device, dtype):
     xy = matching.soft_argmax(src, tgt, index, (h, w), radius=2, temperature=0.1, mask=mask)
     xy_ref = ref.soft_argmax_reference(src.cpu(), tgt.cpu(), index.cpu(), (h, w), radius=2, temperature=0.1,
                                        mask=mask.cpu())
-    torch.testing.assert_close(xy.cpu(), xy_ref, atol=1e-4, rtol=1e-4, equal_nan=True)
+    torch.testing.assert_close(xy.cpu(), xy_ref, atol=1e-5, rtol=1e-5, equal_nan=True)  # measured ~3e-6
     assert torch.isnan(xy[1, 1]).all()
     exact = matching.soft_argmax(src, tgt, index.clamp_min(0), (h, w), radius=0)  # one cell: its centre
     torch.testing.assert_close(exact.cpu(), torch.stack([index.clamp_min(0) % w, index.clamp_min(0) // w], -1).float().cpu())
@@ -255,6 +291,23 @@ def test_soft_argmax_bad_inputs():
         matching.soft_argmax(src, tgt, index.int(), (3, 4))
     with pytest.raises(ValueError, match="temperature"):
         matching.soft_argmax(src, tgt, index, (3, 4), temperature=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        matching.soft_argmax(src, tgt, index, (3, 4), temperature=float("nan"))
+    with pytest.raises(TypeError, match="radius must be an integer"):
+        matching.soft_argmax(src, tgt, index, (3, 4), radius=1.5)
+    with pytest.raises(ValueError, match="radius must be >= 0"):
+        matching.soft_argmax(src, tgt, index, (3, 4), radius=-1)
+    with pytest.raises(TypeError, match="grid_size must be a"):
+        matching.soft_argmax(src, tgt, index, (12,))
+    with pytest.raises(ValueError, match=r"grid_size\[0\] must be >= 1"):
+        matching.soft_argmax(src, tgt, index, (-3, -4))
+    with pytest.raises(TypeError, match=r"grid_size\[1\] must be an integer"):
+        matching.soft_argmax(src, tgt, index, (3, 4.0))
+    with pytest.raises(TypeError, match="index must be an int64 tensor"):
+        matching.soft_argmax(src, tgt, [0, 0, 0, 0], (3, 4))
+    out_of_range = torch.tensor([[0, 11, 12, 99]])  # documented: outside [0, M) -> NaN, as -1
+    xy = matching.soft_argmax(src, tgt, out_of_range, (3, 4))
+    assert torch.isfinite(xy[0, :2]).all() and torch.isnan(xy[0, 2:]).all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -297,6 +350,21 @@ def test_match_keypoints_bad_inputs():
         matching.match_keypoints(f[0], f, torch.zeros(1, 3, 2), (16, 16))
     with pytest.raises(ValueError, match="share dtype"):
         matching.match_keypoints(f, f.half(), torch.zeros(1, 3, 2), (16, 16))
+    kps = torch.zeros(1, 3, 2)
+    with pytest.raises(TypeError, match="src_kps must be a B x K x 2 tensor"):
+        matching.match_keypoints(f, f, np.zeros((1, 3, 2)), (16, 16))
+    with pytest.raises(ValueError, match=r"image_size\[0\] must be >= 1"):
+        matching.match_keypoints(f, f, kps, (0, 0))
+    with pytest.raises(TypeError, match="image_size must be a"):
+        matching.match_keypoints(f, f, kps, 16)
+    with pytest.raises(ValueError, match=r"tgt_image_size\[1\] must be >= 1"):
+        matching.match_keypoints(f, f, kps, (16, 16), tgt_image_size=(16, -16))
+    with pytest.raises(TypeError, match="refine_radius must be an integer"):
+        matching.match_keypoints(f, f, kps, (16, 16), refine_radius=1.5)
+    with pytest.raises(ValueError, match=r"tgt_mask must have shape \(1, 4, 4\)"):
+        matching.match_keypoints(f, f, kps, (16, 16), tgt_mask=torch.ones(1, 16, dtype=torch.bool))
+    with pytest.raises(ValueError, match="feats must be a B x D x h x w"):
+        matching.sample_descriptors(f[0], kps, (16, 16))
 
 
 def test_ops_pass_opcheck():
