@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from lift_rt.backbones import BACKBONES, WeightsNotFoundError, check_resolution, get_spec
+from lift_rt.cli import positive_float
 from lift_rt.engine import build_pipeline
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.preprocess import PRECISIONS
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opt-batch", type=int, metavar="B", help="batch TensorRT tunes for (default min(8, max-batch))")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="graph precision (default fp32); fp16/bf16 for TensorRT")
     parser.add_argument("--out", type=Path, metavar="DIR", default=None, help=f"output/cache directory (default {default_cache_dir()})")
-    parser.add_argument("--workspace-gb", type=float, metavar="GIB", default=DEFAULT_WORKSPACE_BYTES / 2**30, help="TensorRT builder workspace limit in GiB (default 4)")
+    parser.add_argument("--workspace-gb", type=positive_float, metavar="GIB", default=DEFAULT_WORKSPACE_BYTES / 2**30, help="TensorRT builder workspace limit in GiB (default 4)")
     parser.add_argument("--no-engine", action="store_true", help="write and check the ONNX graph only")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     return parser
@@ -88,9 +89,10 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         )
     for flag, path in (("--lift-weights", args.lift_weights), ("--backbone-weights", args.backbone_weights)):
         if path is not None and not path.is_file():
-            parser.error(f"{flag} {path} does not exist")
-    if args.workspace_gb <= 0:
-        parser.error(f"--workspace-gb must be > 0, got {args.workspace_gb}")
+            parser.error(f"{flag} {path} " + ("is a folder, not a file" if path.is_dir() else "does not exist"))
+    out = args.out if args.out is not None else default_cache_dir()
+    if out.exists() and not out.is_dir():  # a read-only folder may still serve cached files: only this is checked
+        parser.error(f"--out {out} is a file, not a folder")
 
 
 def size(path: Path) -> str:

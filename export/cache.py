@@ -103,6 +103,8 @@ def invalid_reason(path: Path, key: ArtifactKey) -> str | None:
         return f"{meta_path.name} is missing (interrupted build?)"
     except (OSError, ValueError) as exc:
         return f"{meta_path.name} is unreadable ({exc})"
+    if not isinstance(meta, dict):
+        return f"{meta_path.name} is unreadable (a JSON {type(meta).__name__}, not a record)"
     if meta.get("key") != key.as_dict():
         return "it was built for another configuration (stale)"
     if meta.get("sha256") != file_digest(path):
@@ -199,7 +201,10 @@ def cached_artifact(
         return path
     if path.exists():
         log(f"rebuilding {path.name}: {reason}")
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the folder (or a parent) is a file, or cannot be created
+        raise ValueError(f"cannot create the cache folder {directory}: {exc.strerror or exc}") from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         build(tmp)

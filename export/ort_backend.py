@@ -50,6 +50,8 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(pipeline, device=device, precision=precision)
         if precision not in ORT_PRECISIONS:
             raise BackendUnavailable(f"onnxruntime runs {' and '.join(ORT_PRECISIONS)} graphs, not {precision}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+            raise ValueError(f"threads must be an integer >= 0 (0: torch's thread count), got {threads!r}")
         self.cache_dir = cache_dir
         self.threads = threads
         self.log = print if verbose else (lambda message: None)

@@ -118,10 +118,13 @@ def get_spec(name: str | BackboneSpec) -> BackboneSpec:
 def check_resolution(spec: BackboneSpec, height: int, width: int) -> tuple[int, int]:
     """Raise unless H and W are positive multiples of the patch size; return the grid."""
     p = spec.patch_size
-    if height <= 0 or width <= 0 or height % p or width % p:
+    if height <= 0 or width <= 0:
+        raise ValueError(f"{spec.name}: image size {height} x {width} must be positive multiples of the patch size {p}")
+    if height % p or width % p:
+        side = height if height % p else width  # suggest sizes for the side that does not fit
         raise ValueError(
             f"{spec.name} has patch size {p}: image size {height} x {width} must be a multiple of {p} "
-            f"(e.g. {max(p, height // p * p)} or {(height // p + 1) * p})"
+            f"({'height' if height % p else 'width'} {side}: e.g. {max(p, side // p * p)} or {(side // p + 1) * p})"
         )
     return height // p, width // p
 

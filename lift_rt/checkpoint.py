@@ -28,6 +28,8 @@ def save_lift(
         raise ValueError(f"extra metadata may not overwrite the reserved keys {reserved}")
     if lift.dim != spec.dim:
         raise ValueError(f"LiFT width {lift.dim} does not match backbone {backbone} (width {spec.dim})")
+    if getattr(lift, "patch_size", spec.patch_size) != spec.patch_size:
+        raise ValueError(f"LiFT for patch size {lift.patch_size} does not match backbone {backbone} (patch {spec.patch_size})")
     metadata = {
         "format": "lift_rt",
         "version": FORMAT_VERSION,
@@ -48,6 +50,8 @@ def save_lift(
 def read_lift_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """State dict and metadata of a LiFT file (safetensors or the authors' ``.pth``)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"LiFT checkpoint {path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"LiFT checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
@@ -145,5 +149,7 @@ def load_lift(
     for key, value in state.items():
         if value.shape != own[key].shape:
             raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{path}: {key} holds NaN or infinite values (a diverged or damaged checkpoint)")
     lift.load_state_dict(state)
     return lift.to(map_location).eval()

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lift_rt.cli import positive_int
+from lift_rt.cli import check_writable, positive_int
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -179,7 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--size", type=positive_int, default=192, help="crop side in pixels (default 192)")
     sample.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    folders = write_sample_images(args.root, crops=args.crops, size=args.size, seed=args.seed)
+    try:
+        check_writable(args.root, "root", folder=True)
+        folders = write_sample_images(args.root, crops=args.crops, size=args.size, seed=args.seed)
+    except (ValueError, OSError) as exc:  # root is a file, not writable, or cannot be created: a message
+        reason = str(exc) if isinstance(exc, ValueError) else f"cannot write under {args.root} ({exc.strerror or exc})"
+        print(f"{parser.prog} sample: error: {reason}", file=sys.stderr)
+        return 2
     for split, folder in folders.items():
         print(f"{split}: {len(find_images(folder))} images in {folder}")
     return 0

@@ -37,6 +37,8 @@ def build_pipeline(
     (:func:`lift_rt.checkpoint.trained_backbone`).
     """
     spec = get_spec(backbone)
+    if lift is not None and not isinstance(lift, (str, os.PathLike, nn.Module)):
+        raise TypeError(f"lift must be a checkpoint path or an nn.Module, not {type(lift).__name__}")
     random_backbone = random_init and backbone_weights is None
     layer, seed = trained_backbone(lift, layer=layer, random_backbone=random_backbone, seed=seed)
     if isinstance(lift, nn.Module):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import nn
 
@@ -19,6 +21,13 @@ class LiftPipeline(nn.Module):
 
     def __init__(self, backbone: ViTFeatures, lift: nn.Module | None, iterations: int = 1) -> None:
         super().__init__()
+        try:  # numpy integers are fine; 1.5, "2" and True are not
+            count = None if isinstance(iterations, bool) else operator.index(iterations)
+        except TypeError:
+            count = None
+        if count is None:
+            raise TypeError(f"iterations must be an integer >= 1, got {iterations!r}")
+        iterations = count
         if iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
         self.backbone = backbone

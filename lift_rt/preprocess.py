@@ -26,6 +26,8 @@ def _from_numpy(array: np.ndarray) -> torch.Tensor:
     """numpy images are channels-last: H x W x 3 or B x H x W x 3."""
     if array.ndim not in (3, 4) or array.shape[-1] != 3:
         raise ValueError(f"numpy images must be H x W x 3 or B x H x W x 3, got shape {array.shape}")
+    if array.dtype.kind not in "biuf":  # object, string, complex ...: torch cannot take them, say so here
+        raise TypeError(f"images must be uint8 (0..255) or floating point (0..1), got numpy {array.dtype}")
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     return tensor.permute(2, 0, 1) if tensor.dim() == 3 else tensor.permute(0, 3, 1, 2)
 
@@ -59,6 +61,8 @@ def to_image_tensor(images: Any) -> torch.Tensor:
         raise ValueError(f"images must be B x 3 x H x W (RGB), got shape {tuple(tensor.shape)}")
     if tensor.shape[0] == 0:
         raise ValueError("empty batch of images")
+    if tensor.shape[2] == 0 or tensor.shape[3] == 0:
+        raise ValueError(f"images have no pixels: shape {tuple(tensor.shape)}")
     if tensor.dtype == torch.uint8:
         return tensor.float().div_(255.0)
     if not tensor.is_floating_point():

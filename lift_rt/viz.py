@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from lift_rt.cli import check_writable, first_line
+from lift_rt.cli import check_writable, first_line, positive_int
 from lift_rt.eval.pck import letterbox, load_rgb
 
 # matplotlib's viridis at 10 evenly spaced stops.
@@ -154,6 +154,9 @@ def similarity_command(args: argparse.Namespace) -> int:
     from lift_rt.eval.pck import build_feature_pipeline
 
     check_writable(args.out, "--out")
+    Image.init()
+    if Image.registered_extensions().get(Path(args.out).suffix.lower()) not in Image.SAVE:
+        raise ValueError(f"--out {args.out}: PIL cannot write a {Path(args.out).suffix or 'suffix-less'} file; use e.g. a .png name")
     image = read_image(args.image)
     h, w = image.shape[:2]
     x, y = args.point
@@ -194,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lift", default=None, help="LiFT checkpoint")
     p.add_argument("--backbone-weights", default=None)
     p.add_argument("--random-init", action="store_true", help="random weights where none are given")
-    p.add_argument("--size", type=int, default=224, help="input size S (the image is letterboxed to S x S; default 224)")
-    p.add_argument("--panel", type=int, default=224, help="panel size in the PNG, pixels")
+    p.add_argument("--size", type=positive_int, default=224, help="input size S (the image is letterboxed to S x S; default 224)")
+    p.add_argument("--panel", type=positive_int, default=224, help="panel size in the PNG, pixels")
     p.add_argument("--layer", type=int, default=None, help="backbone block (default: the LiFT checkpoint's, else the last)")
     p.add_argument("--seed", type=int, default=None, help="seed of random weights (default: the checkpoint's backbone seed, else 0)")
     p.add_argument("--out", default="similarity.png", help="PNG to write (default similarity.png)")

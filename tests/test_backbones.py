@@ -96,6 +96,20 @@ def test_resolution_not_multiple_of_patch(dino_s16, size):
         dino_s16(torch.randn(1, 3, *size))
 
 
+def test_resolution_errors_name_the_side_that_does_not_fit():
+    from lift_rt.backbones import check_resolution
+
+    spec = get_spec("dino_s16")
+    with pytest.raises(ValueError, match=r"width 65: e.g. 64 or 80"):
+        check_resolution(spec, 32, 65)
+    with pytest.raises(ValueError, match=r"height 100: e.g. 96 or 112"):
+        check_resolution(spec, 100, 64)
+    for size in [(0, 0), (-32, 32), (32, -16)]:
+        with pytest.raises(ValueError, match="must be positive multiples of the patch size 16") as info:
+            check_resolution(spec, *size)
+        assert "-16" not in str(info.value).split("size 16")[-1]  # no negative size suggested
+
+
 def test_no_weights_means_error_not_random():
     with pytest.raises(WeightsNotFoundError, match="dino_vits8.dino|random_init=True"):
         build_backbone("dino_s8")

@@ -97,3 +97,29 @@ def test_save_refuses_an_unknown_facet(tmp_path):
     with pytest.raises(ValueError, match="unknown facet 'keys'"):
         save_lift(random_lift(), tmp_path / "a.safetensors", backbone="dino_s16", facet="keys")
     assert not (tmp_path / "a.safetensors").exists()
+
+
+def test_save_refuses_a_lift_for_another_patch_size(tmp_path):
+    # Same width, other patch: the metadata would name a backbone the module was not built for.
+    with pytest.raises(ValueError, match="patch size 8 does not match backbone dino_s16"):
+        save_lift(random_lift(patch=8), tmp_path / "a.safetensors", backbone="dino_s16", facet="key")
+    assert not (tmp_path / "a.safetensors").exists()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_non_finite_weights_are_refused(tmp_path, suffix):
+    lift = random_lift()
+    with torch.no_grad():
+        lift.outc.weight[0, 0] = float("nan")
+    path = tmp_path / f"diverged{suffix}"
+    if suffix == ".pth":
+        torch.save(lift.state_dict(), path)
+    else:
+        save_lift(lift, path, backbone="dino_s16", facet="key")
+    with pytest.raises(ValueError, match="outc.weight holds NaN or infinite values"):
+        load_lift(path, backbone="dino_s16")
+
+
+def test_a_folder_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="is a folder, not a file"):
+        load_lift(tmp_path, backbone="dino_s16")

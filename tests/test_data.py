@@ -137,3 +137,11 @@ def test_sample_cli_takes_positive_integers(tmp_path, cli_error, flag, value):
     err = cli_error(data_main, ["sample", str(tmp_path / "out"), flag, value])
     assert f"argument {flag}:" in err and "positive integer" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_sample_cli_root_that_cannot_be_a_folder_is_a_message(tmp_path, cli_error):
+    (tmp_path / "file").write_text("")
+    err = cli_error(data_main, ["sample", str(tmp_path / "file"), "--crops", "1", "--size", "32"])
+    assert "root " + str(tmp_path / "file") + " is a file, not a folder" in err
+    err = cli_error(data_main, ["sample", str(tmp_path / "file" / "sub"), "--crops", "1", "--size", "32"])
+    assert "is not a folder" in err

@@ -59,9 +59,12 @@ def test_bf16_precision_close_to_fp32():
     images = torch.rand(1, 3, 64, 64)
     ref = fp32(images)
     out = bf16(images)
-    assert out.dtype == torch.bfloat16
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    # bf16 (8-bit mantissa) through two ViT blocks and LiFT: measured 6-7e-3 of the output's scale.
+    rel = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+    assert rel <= 1e-2, rel
     cos = torch.nn.functional.cosine_similarity(out.float(), ref, dim=1)
-    assert cos.min() > 0.98
+    assert cos.min() > 0.9999  # measured 0.99999
 
 
 def test_never_random_without_asking(tmp_path):
@@ -127,6 +130,25 @@ def test_lift_module_must_fit_the_backbone():
         Engine("dino_s16", lift=LiFT(768, 16), random_init=True, layer=0)
     with pytest.raises(ValueError, match="patch size 8 does not fit dino_s16"):
         Engine("dino_s16", lift=LiFT(384, 8), random_init=True, layer=0)
+
+
+def test_lift_of_another_type_is_a_clear_type_error():
+    with pytest.raises(TypeError, match="lift must be a checkpoint path or an nn.Module, not int"):
+        Engine("dino_s16", lift=123, random_init=True, layer=0)
+
+
+@pytest.mark.parametrize("iterations", [1.5, "2", True, None])
+def test_iterations_must_be_an_integer(iterations):
+    with pytest.raises(TypeError, match="iterations must be an integer"):
+        Engine("dino_s16", random_init=True, layer=0, iterations=iterations)
+
+
+def test_iterations_accepts_numpy_integers():
+    import numpy as np
+
+    engine = Engine("dino_s16", random_init=True, layer=0, iterations=np.int64(2))
+    assert engine.pipeline.iterations == 2 and type(engine.pipeline.iterations) is int
+    assert engine(torch.rand(1, 3, 32, 32)).shape == (1, 384, 8, 8)
 
 
 def test_random_init_is_reproducible():

@@ -165,6 +165,10 @@ def test_cli_lift_without_weights_is_an_error(capsys):
     (["--backend", "tvm"], "unknown backend 'tvm'"),
     (["--pairs", "0"], "--pairs must be at least 1"),
     (["--device", "meta"], "an Engine runs on cpu, cuda or cuda:N"),
+    (["--upsampler", ""], "--upsampler names no upsampler"),
+    (["--upsampler", ","], "--upsampler names no upsampler"),
+    (["--resolutions", ""], "--resolutions names no size"),
+    (["--resolutions", "-32"], "must be positive multiples of the patch size 16"),
 ])
 def test_cli_bad_arguments_give_a_message(capsys, args, message):
     code = eval_main(["pck", "--backbone", "dino_s16", "--random-init", "--resolutions", "32", "--upsampler", "none", *args])

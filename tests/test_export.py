@@ -55,7 +55,7 @@ def test_fp32_graph_matches_pytorch(pipelines, onnx_cache, backbone, resolution)
     path = cached_onnx(pipeline, resolution, cache_dir=onnx_cache)
     parity = check_onnx(path, pipeline, batch=3, seed=resolution)  # batch 3: not the export example's 2
     assert parity.ok, parity
-    assert parity.rel <= 1e-4
+    assert parity.rel <= 1e-5, parity  # the CLI's pass mark is the 1e-4; fp32 measures ~8e-7
     # Positional embedding precomputed: no (antialiased bicubic) Resize for TensorRT to reject.
     assert "Resize" not in op_types(path)
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -66,7 +66,7 @@ def test_fp32_graph_matches_pytorch(pipelines, onnx_cache, backbone, resolution)
 def test_batch_one_runs(pipelines, onnx_cache):
     pipeline = pipelines["dino_s16"]
     parity = check_onnx(cached_onnx(pipeline, 112, cache_dir=onnx_cache), pipeline, batch=1, seed=7)
-    assert parity.ok, parity
+    assert parity.ok and parity.rel <= 1e-5, parity
 
 
 def test_fp16_graph_keeps_layernorm_fp32_and_matches(pipelines, onnx_cache):
@@ -95,7 +95,7 @@ def test_non_square_two_iterations_match(onnx_cache):
     pipeline = seeded_pipeline("dino_s16", layer=3)
     pipeline.iterations = 2  # the image is bilinearly upsampled inside the graph between LiFT steps
     parity = check_onnx(cached_onnx(pipeline, (64, 96), cache_dir=onnx_cache), pipeline, batch=2)
-    assert parity.ok, parity
+    assert parity.ok and parity.rel <= 1e-5, parity
 
 
 def test_export_leaves_pipeline_untouched(pipelines):
@@ -172,6 +172,8 @@ def test_cache_builds_once_then_reuses(tmp_path):
     (lambda path: path.write_bytes(path.read_bytes()[:5]), "checksum"),  # truncated plan
     (lambda path: sidecar(path).unlink(), "missing"),  # interrupted build
     (lambda path: sidecar(path).write_text("{not json"), "unreadable"),
+    (lambda path: sidecar(path).write_text("[]"), "unreadable"),  # valid JSON, not a record
+    (lambda path: sidecar(path).write_text("null"), "unreadable"),
     (lambda path: sidecar(path).write_text(json.dumps({"key": make_key(max_batch=4).as_dict()})), "stale"),
 ])
 def test_corrupt_or_stale_artifact_is_rebuilt_with_a_message(tmp_path, damage, reason):
@@ -194,6 +196,15 @@ def test_failed_build_leaves_nothing_that_looks_valid(tmp_path):
     with pytest.raises(RuntimeError, match="crashed"):
         cached_artifact(tmp_path, make_key(), ".plan", broken, lambda m: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_folder_that_is_a_file_is_a_value_error(tmp_path):
+    build, calls = counting_builder()
+    (tmp_path / "taken").write_text("a file")
+    for folder in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        with pytest.raises(ValueError, match="cannot create the cache folder"):
+            cached_artifact(folder, make_key(), ".plan", build, lambda m: None)
+    assert calls == []
 
 
 def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
@@ -457,12 +468,27 @@ def test_cli_help(capsys):
     (["--backbone", "dino_s8"], "no LiFT weights"),
     (["--backbone", "dino_s8", "--random-init", "--backbone-weights", "x.pth"], "not allowed with"),
     (["--backbone", "dino_s8", "--lift-weights", "/nonexistent/lift.pth"], "does not exist"),
+    (["--backbone", "dino_s8", "--random-init", "--lift-weights", "/"], "--lift-weights / is a folder, not a file"),
+    (["--backbone", "dino_s8", "--random-init", "--workspace-gb", "nan"], "--workspace-gb: must be a positive number"),
+    (["--backbone", "dino_s8", "--random-init", "--workspace-gb", "inf"], "--workspace-gb: must be a positive number"),
+    (["--backbone", "dino_s8", "--random-init", "--workspace-gb", "0"], "--workspace-gb: must be a positive number"),
 ])
 def test_cli_bad_arguments(capsys, argv, match):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
     assert match in capsys.readouterr().err
+
+
+def test_cli_out_that_is_a_file_is_refused_before_any_work(capsys, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--backbone", "dino_s16", "--random-init", "--out", str(taken)])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "--out" in captured.err and "is a file, not a folder" in captured.err
+    assert "[1/4]" not in captured.out
 
 
 def test_cli_exports_checks_and_explains_missing_engine(capsys, onnx_cache):

@@ -106,11 +106,23 @@ def test_cli_uses_a_trained_resize_conv(heldout, checkpoints, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [([], "pass --random-init"), (["--random-init", "--layer", "3"], "trained on layer 0"),
-     (["--random-init", "--imsize", "48"], "multiple of 2 x patch"), (["--random-init", "--facet", "token"], "key facet")],
+     (["--random-init", "--imsize", "48"], "multiple of 2 x patch"), (["--random-init", "--facet", "token"], "key facet"),
+     (["--random-init", "--imsize", "0"], "--imsize 0 must be a multiple of 2 x patch")],  # 0 is not "use the default"
 )
 def test_cli_rejects_settings_that_do_not_match_the_checkpoint(heldout, checkpoints, capsys, extra, message):
     code = main(["fidelity", "--backbone", "dino_s16", "--lift", str(checkpoints["lift"]), "--data", str(heldout), *extra])
     assert code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--batch", "0"], "argument --batch: must be a positive integer, got 0"),
+    (["--batch", "-1"], "argument --batch: must be a positive integer, got -1"),
+    (["--workers", "-1"], "argument --workers: must be an integer >= 0, got -1"),
+])
+def test_cli_bad_batch_or_workers_name_their_flag(heldout, checkpoints, cli_error, extra, message):
+    err = cli_error(main, ["fidelity", "--backbone", "dino_s16", "--lift", str(checkpoints["lift"]), "--data", str(heldout),
+                           "--random-init", *extra])
+    assert message in err
 
 
 def test_cli_rejects_a_checkpoint_for_another_backbone(heldout, checkpoints, capsys):

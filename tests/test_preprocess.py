@@ -33,6 +33,9 @@ def test_accepted_inputs_agree():
         ("image.png", TypeError, "torch tensor"),
         ([], ValueError, "empty"),
         ([torch.rand(3, 8, 8), torch.rand(3, 8, 16)], ValueError, "one size"),
+        (torch.rand(1, 3, 0, 0), ValueError, "no pixels"),
+        (torch.rand(1, 3, 8, 0), ValueError, "no pixels"),
+        (np.full((8, 8, 3), None, dtype=object), TypeError, "numpy object"),
     ],
 )
 def test_bad_inputs(images, error, match):

@@ -235,6 +235,32 @@ def test_resume_refuses_other_settings_or_a_missing_state(straight, images, tmp_
         Trainer(tiny_config(images, tmp_path, use_image=False, loss="l1", resume=str(lone)))
 
 
+@pytest.mark.parametrize("damage", [
+    lambda side: side.write_bytes(side.read_bytes()[:500]),  # truncated
+    lambda side: side.write_text("not a torch file"),
+    lambda side: torch.save([1, 2, 3], side),  # a torch file, not a resume state
+])
+def test_resume_from_a_damaged_state_is_a_message(straight, images, tmp_path, capsys, damage):
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes((straight / "epoch1.safetensors").read_bytes())
+    sidecar_path(copy).write_bytes(sidecar_path(straight / "epoch1.safetensors").read_bytes())
+    damage(sidecar_path(copy))
+    with pytest.raises(ValueError, match=f"cannot resume from {copy}: .*copy.state.pt"):
+        Trainer(tiny_config(images, tmp_path / "run", use_image=False, loss="l1", resume=str(copy)))
+    code = main(["--backbone", "dino_s16", "--random-init", "--layer", "0", "--imsize", "64", "--batch", "4",
+                 "--workers", "0", "--no-image", "--loss", "l1", "--data", str(images), "--out", str(tmp_path / "run"),
+                 "--resume", str(copy), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot resume from" in err and "Traceback" not in err
+
+
+def test_cli_negative_workers_is_an_argument_error(images, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--backbone", "dino_s16", "--random-init", "--data", str(images), "--workers", "-1"])
+    assert exit_info.value.code == 2
+    assert "argument --workers: must be an integer >= 0, got -1" in capsys.readouterr().err
+
+
 def test_ctrl_c_saves_and_resume_finishes_the_same_run(straight, images, tmp_path, monkeypatch):
     config = dict(epochs=2, use_image=False, loss="l1")
     original = Trainer.step

@@ -54,9 +54,21 @@ def test_cli_errors(tmp_path, capsys):
         (["skimage:chelsea", "--point", "5,10", "--random-init", "--out", str(tmp_path / "notes.png" / "x.png")],
          "--out " + str(tmp_path / "notes.png" / "x.png") + " cannot be created"),
         (["skimage:chelsea", "--point", "5,10", "--random-init", "--out", str(tmp_path)], "is a folder, not a file"),
+        (["skimage:chelsea", "--point", "5,10", "--random-init", "--out", str(tmp_path / "x.txt")],
+         "PIL cannot write a .txt file"),
+        (["skimage:chelsea", "--point", "5,10", "--random-init", "--out", str(tmp_path / "x")], "suffix-less"),
     ]
     (tmp_path / "notes.png").write_text("not an image")
     for args, message in cases:
         assert main(["similarity", *args]) == 2
         err = capsys.readouterr().err
         assert "similarity: error:" in err and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag, value", [("--panel", "0"), ("--panel", "-5"), ("--size", "0")])
+def test_cli_sizes_must_be_positive(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["similarity", "skimage:chelsea", "--point", "5,10", "--random-init", flag, value, "--out", str(tmp_path / "x.png")])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: must be a positive integer, got {value}" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

@@ -24,7 +24,7 @@ from torch import nn
 
 from lift_rt.backbones import FACETS, ViTFeatures, get_spec
 from lift_rt.checkpoint import read_lift_metadata, trained_backbone
-from lift_rt.cli import check_writable, cli_device
+from lift_rt.cli import check_writable, cli_device, non_negative_int, positive_int
 from lift_rt.data import ImageFolder
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.train.losses import feature_pyramid
@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
     facet = args.facet or read_lift_metadata(args.lift).get("facet") or spec.facet
     lift, meta = load_upsampler(args.lift, backbone=spec.name, facet=facet)
     settings = _backbone_settings(args, facet)
-    imsize = args.imsize or int(meta.get("imsize", 448))
+    imsize = args.imsize if args.imsize is not None else int(meta.get("imsize", 448))
     if imsize <= 0 or imsize % (2 * spec.patch_size):
         raise ValueError(f"--imsize {imsize} must be a multiple of 2 x patch = {2 * spec.patch_size}")
     backbone = build_frozen_backbone(spec.name, **settings)
@@ -153,8 +153,8 @@ def add_parser(subparsers) -> None:
     add("--facet", choices=FACETS, default=None, help="backbone facet (default: the checkpoint's, else the backbone's)")
     add("--layer", type=int, default=None, help="backbone block (default: the checkpoint's, else the last)")
     add("--imsize", type=int, default=None, help="evaluation size S (default: the checkpoint's training size, else 448)")
-    add("--batch", type=int, default=8, help="images per forward pass (default 8)")
-    add("--workers", type=int, default=0, help="data-loading processes (default 0)")
+    add("--batch", type=positive_int, default=8, help="images per forward pass (default 8)")
+    add("--workers", type=non_negative_int, default=0, help="data-loading processes (default 0)")
     add("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add("--json", default=None, metavar="PATH", help="also write the results as JSON")
     parser.set_defaults(func=run)

@@ -481,9 +481,13 @@ def run_cli(args: argparse.Namespace) -> int:
     from lift_rt.backbones import check_resolution, get_spec
 
     spec = get_spec(args.backbone)
+    if not args.resolutions:
+        raise ValueError("--resolutions names no size; e.g. --resolutions 112,224")
     for size in args.resolutions:
         check_resolution(spec, size, size)
     upsamplers = [u for u in args.upsampler.split(",") if u]
+    if not upsamplers:
+        raise ValueError(f"--upsampler names no upsampler; choose from {', '.join(UPSAMPLER_CHOICES)}")
     for name in upsamplers:
         check_upsampler(spec.name, name, lift=args.lift, random_init=args.random_init)
     device = cli_device(args.device)

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from lift_rt.backbones import BACKBONES, FACETS
+from lift_rt.cli import non_negative_int
 from lift_rt.train.losses import LOSSES
 from lift_rt.train.loop import TrainConfig, train
 from lift_rt.train.models import trainable_upsamplers
@@ -42,13 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--out", default="runs/lift",
         help="output folder: epochN.safetensors (+ .state.pt resume state) each epoch, interrupted.* on Ctrl-C, "
              "log.jsonl (default runs/lift)")
-    add("--resume", default=None, metavar="F", help="continue from checkpoint F (its F.state.pt must sit next to it)")
+    add("--resume", default=None, metavar="F",
+        help="continue from checkpoint F = NAME.safetensors (its resume state NAME.state.pt must sit next to it)")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--backbone-weights", default=None, metavar="F",
                          help="the backbone's official checkpoint file (default: the Hugging Face cache)")
     weights.add_argument("--random-init", action="store_true",
                          help="randomly initialised backbone, drawn from --seed (for tests and demos)")
-    add("--workers", type=int, default=4, help="data-loading processes per training process (default 4)")
+    add("--workers", type=non_negative_int, default=4, help="data-loading processes per training process (default 4)")
     add("--seed", type=int, default=0, help="seeds LiFT's init, the data order, the jitter and a random backbone")
     add("--device", default=None, help="cpu, cuda or cuda:N (default: this process's GPU if any, else cpu)")
     add("--max-steps", type=int, default=None, help="stop after this many steps in all (saves stepN.safetensors)")

@@ -94,7 +94,14 @@ def load_training_checkpoint(
         upsampler.load_state_dict(state)
     except RuntimeError as exc:
         raise ValueError(f"{path} does not fit this run's upsampler: {exc}") from exc
-    sidecar = torch.load(side, map_location="cpu", weights_only=True)
+    try:
+        sidecar = torch.load(side, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt or not a torch file
+        from lift_rt.cli import load_error_reason
+
+        raise ValueError(f"cannot resume from {path}: its resume state {side} is unreadable ({load_error_reason(exc)})") from None
+    if not isinstance(sidecar, dict) or not {"optimizer", "position", "settings", "rng"} <= sidecar.keys():
+        raise ValueError(f"cannot resume from {path}: {side} is not a lift_rt resume state")
     optimizer.load_state_dict(sidecar["optimizer"])
     set_rng_states(sidecar["rng"])
     return Position(**sidecar["position"]), sidecar["settings"]
