@@ -98,3 +98,15 @@ def timed(fn):
         return out
 
     return run
+
+# Largest ||output - eager fp32|| / ||eager fp32|| a backend's pipeline output may have, by precision and device.
+# On a GPU, fp32 backends may run convolutions and matmuls in TF32 (cuDNN's and TensorRT's defaults).
+PARITY_TOLERANCE = {("cpu", "fp32"): 1e-5, ("cpu", "bf16"): 1e-2, ("cpu", "fp16"): 1e-2,
+                    ("cuda", "fp32"): 5e-3, ("cuda", "bf16"): 1e-2, ("cuda", "fp16"): 1e-2}
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """``||got - want|| / ||want||`` in fp32; asserts the shapes agree and ``got`` is finite."""
+    got, want = got.float(), want.float()
+    assert got.shape == want.shape and torch.isfinite(got).all()
+    return ((got - want).norm() / want.norm()).item()

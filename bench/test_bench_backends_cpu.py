@@ -1,7 +1,8 @@
 """Images/s on the CPU: the fused ONNX graph in onnxruntime and torch.compile vs eager PyTorch.
 
 dino_s8 + LiFT (1 iteration) at 224 x 224, batch 1, fp32, random weights, 5 rounds
-each. The issue's target: onnxruntime >= 1.2x eager, compared on the best round.
+each. The issue's target: onnxruntime >= 1.2x eager, compared on the best round. Each
+backend's output is checked against eager fp32 (benchlib.PARITY_TOLERANCE) after its timing.
 The result (the speedups that set ``AUTO_ORDER_CPU`` in lift_rt/backends.py) is
 written to bench/results/export-cpu-<date>.json.
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchlib import commit, cpu_name
+from benchlib import PARITY_TOLERANCE, commit, cpu_name, relative_error
 from lift_rt.engine import Engine
 
 BACKBONE, RESOLUTION, BATCH = "dino_s8", 224, 1
@@ -50,15 +51,31 @@ def results(tmp_path_factory):
     print(f"\n{json.dumps(record['speedup_vs_torch'])} -> {path}")
 
 
+def images() -> torch.Tensor:
+    return torch.rand(BATCH, 3, RESOLUTION, RESOLUTION, generator=torch.Generator().manual_seed(1))
+
+
+def engine(backend: str, precision: str, **options) -> Engine:
+    torch.manual_seed(0)  # the same random weights for every backend
+    return Engine(BACKBONE, random_init=True, backend=backend, precision=precision, device="cpu", **options)
+
+
+@pytest.fixture(scope="module")
+def reference() -> torch.Tensor:
+    """Eager fp32 features of images(), the oracle of every case."""
+    return engine("torch", "fp32")(images())
+
+
 @pytest.mark.parametrize("backend, precision", CASES, ids=[b if p == "fp32" else f"{b}-{p}" for b, p in CASES])
-def test_cpu_images_per_second(benchmark, results, tmp_path_factory, backend, precision):
+def test_cpu_images_per_second(benchmark, results, reference, tmp_path_factory, backend, precision):
     options = {"cache_dir": tmp_path_factory.mktemp("onnx")} if backend == "onnxruntime" else {}
-    torch.manual_seed(0)
-    engine = Engine(BACKBONE, random_init=True, backend=backend, precision=precision, device="cpu", **options)
-    images = torch.rand(BATCH, 3, RESOLUTION, RESOLUTION)
-    engine(images)  # export / compile outside the timing
-    benchmark.pedantic(engine, args=(images,), rounds=5, warmup_rounds=1, iterations=1)
+    runtime, batch = engine(backend, precision, **options), images()
+    out = runtime(batch)  # export / compile outside the timing
+    benchmark.pedantic(runtime, args=(batch,), rounds=5, warmup_rounds=1, iterations=1)
     stats = benchmark.stats.stats
     name = backend if precision == "fp32" else f"{backend}-{precision}"
     results[name] = {"mean": BATCH / stats.mean, "best": BATCH / stats.min}
     benchmark.extra_info["images_per_s"] = results[name]
+    rel = relative_error(out, reference)
+    benchmark.extra_info["rel_err_vs_eager_fp32"] = rel
+    assert rel <= PARITY_TOLERANCE[("cpu", precision)], (backend, precision, rel)

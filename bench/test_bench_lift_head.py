@@ -4,7 +4,7 @@ GPU cases (skipped without CUDA): 224 and 448 px, batch 1 and 32, for eager fp32
 eager bf16, torch.compile bf16 (mode max-autotune, CUDA graphs included) and the
 Triton kernels in bf16 (replayed as a CUDA graph, as the triton backend does
 for small batches). Each case prints and records its byte and FLOP floor on an
-H100. CPU cases (eager and torch.compile fp32 at 56 px) keep the file useful on CI.
+H100, and its relative error against eager fp32 (checked after the timing). CPU cases (eager and torch.compile fp32 at 56 px) keep the file useful on CI.
 
     pytest bench/test_bench_lift_head.py --benchmark-only -s \
         --benchmark-json=bench/results/lift_head_<device>_<date>.json
@@ -12,6 +12,7 @@ H100. CPU cases (eager and torch.compile fp32 at 56 px) keep the file useful on 
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import pytest
@@ -64,8 +65,8 @@ def make_case(height: int, batch: int, device: str, dtype: torch.dtype) -> tuple
     return lift, image, feats  # feats: a view of B x T x C tokens, as the backbone gives them
 
 
-def cuda_graph(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
-    """Warm ``fn`` up (autotuning happens here), capture it, return the replay."""
+def cuda_graph(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """Warm ``fn`` up (autotuning happens here), capture it, return the replay (which returns the graph's output)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -74,8 +75,29 @@ def cuda_graph(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+        out = fn()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return out
+
+    return replay
+
+
+# Largest ||variant - eager fp32|| / ||eager fp32|| accepted, by the variant's dtype and device. The oracle runs
+# with TF32 off; eager fp32 on a GPU runs its convolutions in TF32 (cuDNN's default), hence 2e-3 there.
+PARITY_TOLERANCE = {("cpu", torch.float32): 1e-5, ("cuda", torch.float32): 2e-3,
+                    ("cuda", torch.bfloat16): 1e-2, ("cuda", torch.float16): 1e-2}
+
+
+def relative_error_vs_fp32(lift: LiFT, image: torch.Tensor, feats: torch.Tensor, out: torch.Tensor) -> float:
+    """Relative L2 error of ``out`` against eager fp32 (TF32 off) on the same weights and inputs."""
+    oracle = copy.deepcopy(lift).float()
+    with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        want = oracle(image.float(), feats.float())
+    got = out.float()
+    assert got.shape == want.shape and torch.isfinite(got).all()
+    return ((got - want).norm() / want.norm()).item()
 
 
 def runner(variant: str, lift: LiFT, image: torch.Tensor, feats: torch.Tensor) -> Callable[[], object]:
@@ -111,11 +133,15 @@ def run_case(benchmark, variant: str, height: int, batch: int, device: str, dtyp
             timed, event_ms = fn, None
         benchmark.extra_info.update(floor, kind="lift_head", variant=variant, height=height, batch=batch, dtype=str(dtype), device_ms=event_ms)
         benchmark.pedantic(timed, rounds=rounds, warmup_rounds=2, iterations=1)
+        rel = relative_error_vs_fp32(lift, image, feats, fn())
+    benchmark.extra_info["rel_err_vs_eager_fp32"] = rel
     print(
         f"\n[{variant} {str(dtype)[6:]} {height}px b{batch}] floor {floor['floor_ms']:.4f} ms "
         f"({floor['bytes'] / 1e6:.2f} MB, {floor['flops'] / 1e9:.2f} GFLOP on H100)"
         + (f", CUDA-event median {event_ms:.4f} ms = {event_ms / floor['floor_ms']:.1f}x floor" if event_ms else "")
+        + f", relative error vs eager fp32 {rel:.1e}"
     )
+    assert rel <= PARITY_TOLERANCE[(device, dtype)], (variant, rel)  # after the timing, so a miss keeps its numbers
 
 
 GPU_VARIANTS = [("eager_fp32", torch.float32), ("eager_bf16", torch.bfloat16), ("compile_bf16", torch.bfloat16), ("triton_bf16", torch.bfloat16)]

@@ -11,12 +11,19 @@ def n_params(module: torch.nn.Module) -> int:
 
 
 def test_parameter_count_vit_small():
+    # C = 384, 32 image channels. Transposed conv 2x2, 416 -> 208 with bias; double conv 3x3 240 -> 192 -> 192
+    # without bias, each followed by a batch norm (2 x 192); 1x1 head 192 -> 384 with bias; image branch:
+    # three 3x3 convs with bias + batch norm, 3 -> 32 then 32 -> 32 twice. The paper's "1.2M parameters".
+    up = 416 * 208 * 4 + 208
+    double_conv = 240 * 192 * 9 + 2 * 192 + 192 * 192 * 9 + 2 * 192
+    head = 192 * 384 + 384
+    image = (3 * 32 * 9 + 32 + 2 * 32) + 2 * (32 * 32 * 9 + 32 + 2 * 32)
     lift = LiFT(dim=384, patch_size=8)
-    assert n_params(lift) == 1_187_280
-    assert n_params(lift.up1.up) == 346_320
-    assert n_params(lift.up1.conv_1) == 747_264
-    assert n_params(lift.outc) == 74_112
-    assert n_params(lift.image_convs_1) + n_params(lift.image_convs_2) == 19_584
+    assert n_params(lift.up1.up) == up == 346_320
+    assert n_params(lift.up1.conv_1) == double_conv == 747_264
+    assert n_params(lift.outc) == head == 74_112
+    assert n_params(lift.image_convs_1) + n_params(lift.image_convs_2) == image == 19_584
+    assert n_params(lift) == up + double_conv + head + image == 1_187_280
 
 
 def test_parameter_count_vit_base():
