@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from lift_rt.backbones import BACKBONES, WeightsNotFoundError, check_resolution, get_spec
+from lift_rt.backbones import BACKBONES, WeightsNotFoundError, check_layer, check_resolution, get_spec
 from lift_rt.cli import positive_float
 from lift_rt.engine import build_pipeline
 from lift_rt.pipeline import LiftPipeline
@@ -78,6 +78,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         spec = get_spec(args.backbone)
         check_resolution(spec, *args.resolution)
         check_batch_range(args.max_batch, args.opt_batch)
+        if args.layer is not None:
+            check_layer(spec, args.layer)
     except ValueError as exc:
         parser.error(str(exc))
     if args.iterations < 1:

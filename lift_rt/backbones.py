@@ -115,6 +115,13 @@ def get_spec(name: str | BackboneSpec) -> BackboneSpec:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
 
 
+def check_layer(spec: BackboneSpec, layer: int) -> int:
+    """Raise unless ``layer`` is a block of the backbone (0 .. depth - 1); return it."""
+    if not 0 <= layer < spec.depth:
+        raise ValueError(f"layer {layer} out of range for {spec.name} (0..{spec.depth - 1})")
+    return layer
+
+
 def check_resolution(spec: BackboneSpec, height: int, width: int) -> tuple[int, int]:
     """Raise unless H and W are positive multiples of the patch size; return the grid."""
     p = spec.patch_size
@@ -143,9 +150,7 @@ class ViTFeatures(nn.Module):
         facet = facet or spec.facet
         if facet not in FACETS:
             raise ValueError(f"unknown facet {facet!r}; choose one of {FACETS}")
-        layer = spec.layer if layer is None else layer
-        if not 0 <= layer < spec.depth:
-            raise ValueError(f"layer {layer} out of range for {spec.name} (0..{spec.depth - 1})")
+        layer = check_layer(spec, spec.layer if layer is None else layer)
         self.spec = spec
         self.facet = facet
         self.layer = layer
@@ -313,7 +318,7 @@ def load_from_hub_cache(spec: BackboneSpec) -> nn.Module:
             f"pretrained weights for {spec.name} are not on this machine (looked for timm/{spec.hub_tag} in the "
             f"Hugging Face cache under {where}). Fetch them on a connected machine with "
             f"`timm.create_model('{spec.hub_tag}', pretrained=True)` and copy the cache here{official}; "
-            f"or pass random_init=True for random weights."
+            f"or ask for random weights explicitly (random_init=True; --random-init on the command line)."
         ) from exc
     finally:
         if hub_constants is not None:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from lift_rt.cli import check_writable, positive_int
 
+MAX_SAMPLE_SIZE = 4096  # data sample crops (the shipped photos are far smaller: larger crops only upscale)
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -176,9 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     sample = sub.add_parser("sample", help="write train/ and heldout/ crops of scikit-image's bundled photos")
     sample.add_argument("root", help="output folder")
     sample.add_argument("--crops", type=positive_int, default=6, help="crops per source photo (default 6)")
-    sample.add_argument("--size", type=positive_int, default=192, help="crop side in pixels (default 192)")
+    sample.add_argument("--size", type=positive_int, default=192,
+                        help=f"crop side in pixels (default 192, at most {MAX_SAMPLE_SIZE})")
     sample.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.size > MAX_SAMPLE_SIZE:  # a typo such as 100000 would need tens of GB per crop
+        parser.error(f"argument --size: at most {MAX_SAMPLE_SIZE} pixels, got {args.size}")
     try:
         check_writable(args.root, "root", folder=True)
         folders = write_sample_images(args.root, crops=args.crops, size=args.size, seed=args.seed)

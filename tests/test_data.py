@@ -139,6 +139,12 @@ def test_sample_cli_takes_positive_integers(tmp_path, cli_error, flag, value):
     assert not (tmp_path / "out").exists()
 
 
+def test_sample_cli_caps_the_crop_size(tmp_path, cli_error):
+    err = cli_error(data_main, ["sample", str(tmp_path / "out"), "--size", "100000"])
+    assert "argument --size: at most 4096 pixels, got 100000" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_sample_cli_root_that_cannot_be_a_folder_is_a_message(tmp_path, cli_error):
     (tmp_path / "file").write_text("")
     err = cli_error(data_main, ["sample", str(tmp_path / "file"), "--crops", "1", "--size", "32"])

@@ -472,6 +472,7 @@ def test_cli_help(capsys):
     (["--backbone", "dino_s8", "--random-init", "--workspace-gb", "nan"], "--workspace-gb: must be a positive number"),
     (["--backbone", "dino_s8", "--random-init", "--workspace-gb", "inf"], "--workspace-gb: must be a positive number"),
     (["--backbone", "dino_s8", "--random-init", "--workspace-gb", "0"], "--workspace-gb: must be a positive number"),
+    (["--backbone", "dino_s8", "--random-init", "--layer", "12"], "layer 12 out of range for dino_s8 (0..11)"),
 ])
 def test_cli_bad_arguments(capsys, argv, match):
     with pytest.raises(SystemExit) as exit_info:
