@@ -93,9 +93,10 @@ int plan_splits(const TopKProblem& p) {
   return choose_splits(row_blocks, (p.M + cols - 1) / cols, int64_t(std::max(per_sm, 1)) * sms);
 }
 
+// One chunk of at most kMaxGridZ batch elements (grid.z): norms, matching, merge.
 template <typename T>
-void launch_topk(const TopKProblem& p, int splits, float* inv_norm, float* part_val, int64_t* part_idx,
-                 cudaStream_t stream) {
+void launch_topk_chunk(const TopKProblem& p, int splits, float* inv_norm, float* part_val, int64_t* part_idx,
+                       cudaStream_t stream) {
   if (p.normalize) {
     const int64_t rows = p.B * (p.N + p.M);
     inv_norm_kernel<T><<<unsigned((rows * 32 + 255) / 256), 256, 0, stream>>>(p.src, p.tgt, p.B, p.N, p.M, p.D,
@@ -125,6 +126,24 @@ void launch_topk(const TopKProblem& p, int splits, float* inv_norm, float* part_
     }
   }
   check(cudaGetLastError(), "merge_splits_kernel");
+}
+
+constexpr int64_t kMaxGridZ = 65535;
+
+// The batch in chunks that fit grid.z, each reusing the workspace (stream order keeps them apart).
+template <typename T>
+void launch_topk(const TopKProblem& p, int splits, float* inv_norm, float* part_val, int64_t* part_idx,
+                 cudaStream_t stream) {
+  for (int64_t b0 = 0; b0 < p.B; b0 += kMaxGridZ) {
+    TopKProblem chunk = p;
+    chunk.B = std::min(kMaxGridZ, p.B - b0);
+    chunk.src.data = static_cast<const T*>(p.src.data) + b0 * p.src.stride_b;
+    chunk.tgt.data = static_cast<const T*>(p.tgt.data) + b0 * p.tgt.stride_b;
+    if (p.mask.data != nullptr) chunk.mask.data = p.mask.data + b0 * p.mask.stride_b;
+    chunk.out_index = p.out_index + b0 * p.N * p.k;
+    chunk.out_sim = p.out_sim + b0 * p.N * p.k;
+    launch_topk_chunk<T>(chunk, splits, inv_norm, part_val, part_idx, stream);
+  }
 }
 
 }  // namespace

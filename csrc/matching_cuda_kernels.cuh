@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopKProblem p, const flo
         const int64_t col = c0 + c;
         if (col >= p.M || !valid_mask(p.mask, b, col)) continue;
         float v = Cs[my_row][c];
-        if (p.normalize) v *= row_scale * inv_t[col];
+        if (p.normalize) v = (v * row_scale) * inv_t[col];  // not row_scale * inv_t: may overflow for tiny rows
         insert(vals, idx, k, v, col);
       }
     }

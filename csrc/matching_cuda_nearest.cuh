@@ -145,7 +145,8 @@ __global__ void __launch_bounds__(nn::kThreads, 2) nearest_mma_kernel(TopKProble
           const float v8[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
           for (int c = 0; c < 8; ++c) {  // a row's columns ascend per lane: strict > keeps the lowest on ties
-            const float v = v8[c] * (row_scale[i] * col_scale[c]);
+            // (dot x row scale) x column scale: the product of two inverse norms of tiny rows could overflow
+            const float v = (v8[c] * row_scale[i]) * col_scale[c];
             if (v > best_v[i]) {
               best_v[i] = v;
               best_i[i] = int(c0 + j * 16 + c);
@@ -204,7 +205,7 @@ bool mma_path(const TopKProblem& p) {
   if constexpr (std::is_same<T, float>::value) {
     return false;
   } else {
-    return p.k == 1 && p.D % 8 == 0 && p.M < (int64_t(1) << 31) && vector_loads_ok<T>(p.src) &&
+    return p.k == 1 && p.D > 0 && p.D % 8 == 0 && p.M < (int64_t(1) << 31) && vector_loads_ok<T>(p.src) &&
            vector_loads_ok<T>(p.tgt);
   }
 }

@@ -164,6 +164,16 @@ def test_minus_inf_scores_never_match(device, k):
     assert (index[..., 0] == 2).all() and (index[..., 1:] == -1).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,k", [(torch.float16, 1), (torch.float32, 2)])
+def test_batches_beyond_the_cuda_grid_limit(device, dtype, k):
+    """65539 pairs: more than grid.z allows in one CUDA launch, so the batch runs in chunks there."""
+    src = randn(65539, 2, 8, dtype=dtype, device=device, seed=1)
+    tgt = randn(65539, 3, 8, dtype=dtype, device=device, seed=2)
+    index, sim = matching.topk(src, tgt, k)
+    assert_topk_close(index, sim, src, tgt, k)
+
+
 @pytest.mark.skipif(not CUDA_OK, reason="needs a CUDA GPU and a CUDA build")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("b,n,m,d", [(1, 1000, 3000, 384), (3, 300, 517, 64), (2, 129, 4100, 40)])
