@@ -60,12 +60,14 @@ cat "$OUT/machine.txt"
 stage build 150 $PY -m pip install --no-build-isolation --no-deps -e .
 $PY -c "from lift_rt import _C; print('lift_rt._C has_cuda:', _C.has_cuda())" 2>&1 | tee -a "$OUT/machine.txt"
 
-# 2. Correctness on the GPU: CUDA matcher parity (both implementations), every Triton kernel incl.
-#    bf16 at real sizes (one block config each), the triton / compile / onnxruntime / tensorrt
-#    backends against the reference (tensorrt and onnxruntime-gpu where importable).
+# 2. Correctness on the GPU: every Triton kernel incl. bf16 at real sizes (one block config each),
+#    the triton / compile / onnxruntime / tensorrt backends against the reference (tensorrt and
+#    onnxruntime-gpu where importable), then CUDA matcher parity (both implementations). The csrc
+#    matcher goes last: its tensor-core kernel has never run on a GPU, and a CUDA fault there would
+#    poison the context for every test after it.
 stage tests 150 $PY -m pytest -q -rfEs --timeout 120 -p no:cacheprovider \
-  tests/test_matching.py tests/test_kernels_match_nearest.py tests/test_kernels_up_conv.py \
-  tests/test_kernels_conv2d.py tests/test_kernels_lift.py tests/test_kernels_fold.py tests/test_backends.py
+  tests/test_kernels_up_conv.py tests/test_kernels_conv2d.py tests/test_kernels_lift.py tests/test_kernels_fold.py \
+  tests/test_backends.py tests/test_kernels_match_nearest.py tests/test_matching.py
 
 # 3. Matchers against cuBLAS (issue 4's target: <= 1.2x the GEMM, no N x M allocation).
 stage matcher 120 $PY bench/matching_cuda_table.py --out "$WORK"
