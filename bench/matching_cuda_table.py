@@ -53,6 +53,7 @@ def run_mm(a, b):
 
 # csrc last: a CUDA fault in a kernel that never ran on a GPU before would stop the run, after the others.
 IMPLS = {"mm": run_mm, "mm_max": run_mm_max, "triton": run_matcher("triton"), "csrc": run_matcher("csrc")}
+MATCHERS = ("triton", "csrc")
 
 
 def similarity_gap(impl: str, a: torch.Tensor, b: torch.Tensor) -> float:
@@ -80,26 +81,27 @@ def peak_extra_mb(fn, a, b) -> float:
 
 
 def case(n: int, d: int, dtype: torch.dtype) -> dict:
-    """One row. A matcher that raises or misses the reference is recorded as such (error / parity) and the
-    others are still measured; a CUDA error that breaks the context stops the run (the JSON keeps earlier rows)."""
+    """One row, one implementation after another (IMPLS order). One that raises or misses the reference is
+    recorded as such (errors / parity_ok) and the rest still run; after a CUDA fault that breaks the context
+    they fail too and are recorded, and the next row stops the run (the JSON keeps the rows before)."""
     g = torch.Generator(device="cuda").manual_seed(n + d)
     a = torch.randn(1, n, d, device="cuda", generator=g).to(dtype)
     b = torch.randn(1, n, d, device="cuda", generator=g).to(dtype)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    gaps, errors = {}, {}
-    for impl in ("triton", "csrc"):
+    row = {"n": n, "d": d, "dtype": str(dtype).removeprefix("torch."), "time_ms": {}, "peak_extra_mb": {},
+           "max_sim_gap": {}, "tolerance": tol, "parity_ok": {}, "errors": {}}
+    for impl, fn in IMPLS.items():
         try:
-            gaps[impl] = similarity_gap(impl, a, b)
-        except Exception as exc:  # noqa: BLE001 - recorded, the other matcher still runs
-            errors[impl] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    runnable = {k: f for k, f in IMPLS.items() if k not in errors}
-    times = {k: triton.testing.do_bench(lambda f=f: f(a, b), warmup=25, rep=100, return_mode="median")
-             for k, f in runnable.items()}
-    memory = {k: peak_extra_mb(f, a, b) for k, f in runnable.items()}
-    flops = 2 * n * n * d
-    return {"n": n, "d": d, "dtype": str(dtype).removeprefix("torch."), "time_ms": times, "peak_extra_mb": memory,
-            "tflops_mm": flops / times["mm"] / 1e9, "max_sim_gap": gaps, "tolerance": tol,
-            "parity_ok": {k: v <= tol for k, v in gaps.items()}, "errors": errors}
+            if impl in MATCHERS:
+                row["max_sim_gap"][impl] = similarity_gap(impl, a, b)
+                row["parity_ok"][impl] = row["max_sim_gap"][impl] <= tol
+            row["time_ms"][impl] = triton.testing.do_bench(lambda f=fn: f(a, b), warmup=25, rep=100,
+                                                           return_mode="median")
+            row["peak_extra_mb"][impl] = peak_extra_mb(fn, a, b)
+        except Exception as exc:  # noqa: BLE001 - recorded; the other implementations still run
+            row["errors"][impl] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+    row["tflops_mm"] = 2 * n * n * d / row["time_ms"]["mm"] / 1e9 if "mm" in row["time_ms"] else None
+    return row
 
 
 def row_problems(row: dict) -> list[str]:
@@ -120,13 +122,13 @@ def markdown(rows: list[dict]) -> str:
             return f"{t[k]:.3f}" + ("" if r["parity_ok"].get(k, True) else " (wrong)")
 
         def ratio(k: str) -> str:
-            return f"{t[k] / t['mm']:.2f}" if k in t else "-"
+            return f"{t[k] / t['mm']:.2f}" if k in t and "mm" in t else "-"
 
         def mb(k: str) -> str:
             return f"{m[k]:.1f}" if k in m else "-"
 
-        lines.append(f"| {r['n']} | {r['d']} | {r['dtype']} | {ms('csrc')} | {ms('triton')} | {t['mm']:.3f} | "
-                     f"{t['mm_max']:.3f} | {ratio('csrc')} | {ratio('triton')} | "
+        lines.append(f"| {r['n']} | {r['d']} | {r['dtype']} | {ms('csrc')} | {ms('triton')} | {ms('mm')} | "
+                     f"{ms('mm_max')} | {ratio('csrc')} | {ratio('triton')} | "
                      f"{mb('csrc')} / {mb('triton')} / {mb('mm_max')} |")
     return "\n".join(lines)
 
