@@ -3,11 +3,13 @@
     python bench/matching_table.py            # N = M in {784, 3136}, D in {384, 768}
     python bench/matching_table.py --full     # adds N = M = 12544
     python bench/matching_table.py --full --data patches   # photo descriptors instead of random rows
-    MKL_ENABLE_INSTRUCTIONS=AVX2 LIFT_MATCH_ISA=avx2 python bench/matching_table.py --full
+    MKL_ENABLE_INSTRUCTIONS=AVX2 LIFT_MATCH_ISA=avx2 LIFT_MATCH_VNNI=0 python bench/matching_table.py --full
                                               # both sides held to AVX2 (a stand-in for an AVX2-only CPU)
+    MKL_ENABLE_INSTRUCTIONS=AVX2 LIFT_MATCH_ISA=avx2 python bench/matching_table.py --full
+                                              # the same with AVX-VNNI where the CPU has it (-avxvnni file)
 "matcher" is the default (int8 screening with exact rescoring, LIFT_MATCH_SCREEN=auto), "exact"
 the fp32 kernel alone. Writes bench/results/matching-<isa>[-full]-<date>.json (device, ISA, MKL setting, commit, date,
-numbers) and prints the table.
+numbers; -avxvnni when screening ran on the AVX-VNNI kernel) and prints the table.
 Also the shared definitions of bench/test_bench_matching.py.
 """
 from __future__ import annotations
@@ -160,7 +162,9 @@ def main() -> None:
     result = {"device": f"{cpu_name()}, {isa}", "mkl_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "default"),
               "data": args.data, "screen": matching.cpu_screen(), "screen_kernel": matching.cpu_screen_kernel(),
               "commit": commit(), "date": date, "torch": torch.__version__, "rows": rows}
+    kernel = matching.cpu_screen_kernel()
     tags = ("-full" if args.full else "") + ("-patches" if args.data == "patches" else "")
+    tags += "-avxvnni" if kernel == "avxvnni" else ""  # AVX2 with AVX-VNNI; LIFT_MATCH_VNNI=0 gives plain AVX2
     out = Path(__file__).parent / "results" / f"matching-{isa}{tags}-{date}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -56,18 +56,18 @@ PYBIND11_MODULE(_C, m) {
   }, "True when the extension was compiled with its CUDA path.");
   m.def("cpu_isa", &lift::cpu_best_isa, "Best CPU micro-kernel available: 0 scalar, 1 AVX2, 2 AVX-512.");
   m.def("cpu_screen_kernel", &lift::cpu_screen_kernel, py::arg("isa"), py::arg("allow_vnni") = true,
-        "The int8 screening kernel top-1 uses with this ISA code: 'avx512vnni', 'avx512bw', 'avx2' or '' (none).");
+        "The int8 screening kernel top-1 uses with this ISA code: 'avx512vnni', 'avx512bw', 'avxvnni', 'avx2' or ''.");
   m.attr("MAX_K") = lift::kMaxK;
   m.attr("SCREEN_CANDIDATES") = lift::kScreenCandidates;
 
   m.def("topk_cpu",
         [](const OperandTuple& src, const OperandTuple& tgt, const MaskTuple& mask, int64_t B, int64_t N, int64_t M,
            int64_t D, int k, bool normalize, float eps, int64_t out_index, int64_t out_sim, int n_threads, int isa,
-           int screen) {
-          if (screen < lift::kScreenOff || screen > lift::kScreenOnNoVnni) throw std::invalid_argument("bad screen mode");
+           int screen, bool allow_vnni) {
+          if (screen < lift::kScreenOff || screen > lift::kScreenOn) throw std::invalid_argument("bad screen mode");
           const auto p = topk_problem(src, tgt, mask, B, N, M, D, k, normalize, eps, out_index, out_sim);
           py::gil_scoped_release release;
-          lift::topk_cpu(p, isa, n_threads, screen);
+          lift::topk_cpu(p, isa, n_threads, screen, allow_vnni);
         });
   m.def("cpu_work_split",
         [](int64_t B, int64_t N, int64_t M, int64_t D, int isa, int n_threads) {

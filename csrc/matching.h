@@ -55,11 +55,13 @@ int cpu_best_isa();
 // Top-1 on the CPU may screen candidates with int8 dot products and rescore them in fp32 (same
 // result, 1.2-2x the speed on large problems): off; auto (a few million pairs or more, several
 // source row blocks, and a sample of rows says it pays); on (always, where an int8 kernel exists).
-// kScreenOnNoVnni: on, but never the VNNI kernel (tests of the AVX-512BW kernel on VNNI machines).
+// allow_vnni = false keeps screening off the VNNI kernels (AVX-512 VNNI, AVX-VNNI): the
+// vpmaddubsw kernel of the same width runs instead (tests and comparisons on VNNI machines).
 constexpr int kScreenCandidates = 512;  // screening candidates per row and column chunk before a row falls back
-enum Screen : int { kScreenOff = 0, kScreenAuto = 1, kScreenOn = 2, kScreenOnNoVnni = 3 };
-void topk_cpu(const TopKProblem& p, int isa, int n_threads, int screen);
-// The int8 kernel screening would use with `isa` here: "avx512vnni", "avx512bw", "avx2", or "" for none.
+enum Screen : int { kScreenOff = 0, kScreenAuto = 1, kScreenOn = 2 };
+void topk_cpu(const TopKProblem& p, int isa, int n_threads, int screen, bool allow_vnni = true);
+// The int8 kernel screening would use with `isa` here: "avx512vnni", "avx512bw", "avxvnni", "avx2",
+// or "" for none.
 const char* cpu_screen_kernel(int isa, bool allow_vnni = true);
 
 // How topk_cpu cuts one batch element's work: row blocks of `mc` source rows, each scanned against

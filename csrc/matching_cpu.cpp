@@ -253,7 +253,7 @@ const char* cpu_screen_kernel(int isa, bool allow_vnni) {
   return cpu::screen_kernel_name(resolve_isa(isa), allow_vnni);
 }
 
-void topk_cpu(const TopKProblem& p, int isa, int n_threads, int screen) {
+void topk_cpu(const TopKProblem& p, int isa, int n_threads, int screen, bool allow_vnni) {
   if (p.k < 1 || p.k > kMaxK) throw std::invalid_argument("lift_rt matching: k out of range");
   if (p.B == 0 || p.N == 0) return;
   isa = resolve_isa(isa);
@@ -265,9 +265,8 @@ void topk_cpu(const TopKProblem& p, int isa, int n_threads, int screen) {
     const TileShape ts = cpu::tile_shape(isa);
     return p.N * p.M >= (int64_t(1) << 22) && cpu::plan_work(p.B, p.N, p.M, p.D, ts.mr, ts.nr, n_threads).row_blocks > 1;
   };
-  const bool forced = screen == kScreenOn || screen == kScreenOnNoVnni;
-  const bool screen_here = p.k == 1 && (forced || (screen == kScreenAuto && big()));
-  const bool adaptive = screen == kScreenAuto, allow_vnni = screen != kScreenOnNoVnni;
+  const bool screen_here = p.k == 1 && (screen == kScreenOn || (screen == kScreenAuto && big()));
+  const bool adaptive = screen == kScreenAuto;
   if (screen_here && cpu::nearest_cpu_screened(p, isa, n_threads, adaptive, allow_vnni)) return;
   cpu::topk_cpu_exact(p, isa, n_threads);
 }

@@ -26,12 +26,14 @@ struct QTileSpec {
 // AVX2 / AVX-512BW multiply bytes with vpmaddubsw, whose int16 pair sums saturate: |q_a| <= 63 keeps
 // 2 * 127 * 127 in range. VNNI (vpdpbusd) accumulates in int32 directly, so sources get 7 bits.
 constexpr QTileSpec kQAvx2Tile{4, 16, 64};
+constexpr QTileSpec kQAvxVnniTile{4, 16, 128};
 constexpr QTileSpec kQAvx512Tile{8, 32, 64};
 constexpr QTileSpec kQVnniTile{8, 32, 128};
 
-QTileFn qtile_avx2();    // nullptr when not compiled in
-QTileFn qtile_avx512();  // AVX-512BW; nullptr when not compiled in
-QTileFn qtile_vnni();    // AVX-512 VNNI; nullptr when not compiled in
+QTileFn qtile_avx2();     // nullptr when not compiled in
+QTileFn qtile_avxvnni();  // AVX-VNNI (256-bit); nullptr when not compiled in
+QTileFn qtile_avx512();   // AVX-512BW; nullptr when not compiled in
+QTileFn qtile_vnni();     // AVX-512 VNNI; nullptr when not compiled in
 
 // Ops: I (int vector), F (float vector), W (lanes), izero, iload, bcast4, dot4 (acc += 4-byte dot
 // products per lane), isub, to_float, fload, fset1, fmul, fmadd, fstore, any_gt.

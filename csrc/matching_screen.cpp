@@ -9,6 +9,9 @@
 // elements whose targets do, go to the exact fp32 kernel, so the result is always the exact top-1
 // (ties to the lowest index, as everywhere). In auto mode a sample of rows first decides whether the
 // data separate well enough for screening to pay (smooth or degenerate features may not).
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -40,6 +43,15 @@ struct QKernel {
   const char* name;
 };
 
+#if defined(__x86_64__) || defined(__i386__)
+// AVX-VNNI (VEX-coded vpdpbusd): CPUID.(EAX=7, ECX=1):EAX bit 4, read directly because some GCC
+// versions' __builtin_cpu_supports do not know the feature. Callers have checked AVX2 (OS support).
+bool cpu_has_avx_vnni() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && ((eax >> 4) & 1u);
+}
+#endif
+
 QKernel qkernel_for(int isa, bool allow_vnni) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
@@ -48,7 +60,10 @@ QKernel qkernel_for(int isa, bool allow_vnni) {
       return {qtile_vnni(), kQVnniTile, "avx512vnni"};
     if (qtile_avx512()) return {qtile_avx512(), kQAvx512Tile, "avx512bw"};
   }
-  if (isa >= kIsaAvx2 && qtile_avx2()) return {qtile_avx2(), kQAvx2Tile, "avx2"};
+  if (isa >= kIsaAvx2) {
+    if (allow_vnni && qtile_avxvnni() && cpu_has_avx_vnni()) return {qtile_avxvnni(), kQAvxVnniTile, "avxvnni"};
+    if (qtile_avx2()) return {qtile_avx2(), kQAvx2Tile, "avx2"};
+  }
 #endif
   return {nullptr, {0, 0, 0}, ""};
 }

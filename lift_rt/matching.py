@@ -74,10 +74,20 @@ def cpu_screen() -> str:
     return mode
 
 
+def cpu_vnni() -> bool:
+    """Whether screening may use a VNNI int8 kernel (AVX-512 VNNI, or AVX-VNNI on AVX2 CPUs that have
+    it); ``LIFT_MATCH_VNNI=0`` keeps it on the vpmaddubsw kernel of the same width (for comparisons)."""
+    value = os.environ.get("LIFT_MATCH_VNNI", "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"LIFT_MATCH_VNNI must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 def cpu_screen_kernel() -> Optional[str]:
-    """The int8 kernel top-1 screening runs on with :func:`cpu_isa`: 'avx512vnni', 'avx512bw' or
-    'avx2'; None where there is none (scalar), and then every match is the fp32 kernel's alone."""
-    return _C.cpu_screen_kernel(_ISA_NAMES[cpu_isa()]) or None
+    """The int8 kernel top-1 screening runs on with :func:`cpu_isa` and :func:`cpu_vnni`:
+    'avx512vnni', 'avx512bw', 'avxvnni' or 'avx2'; None where there is none (scalar), and then every
+    match is the fp32 kernel's alone."""
+    return _C.cpu_screen_kernel(_ISA_NAMES[cpu_isa()], cpu_vnni()) or None
 
 
 _CUDA_IMPLS = ("csrc", "triton")
@@ -117,7 +127,7 @@ def _match_topk(src: Tensor, tgt: Tensor, mask: Optional[Tensor], k: int, normal
     args = (_operand(src), _operand(tgt), _mask_arg(mask), b, n, m, d, k, normalize, eps,
             index.data_ptr(), sim.data_ptr())
     if src.device.type == "cpu":
-        _C.topk_cpu(*args, torch.get_num_threads(), _ISA_NAMES[cpu_isa()], _SCREEN_MODES[cpu_screen()])
+        _C.topk_cpu(*args, torch.get_num_threads(), _ISA_NAMES[cpu_isa()], _SCREEN_MODES[cpu_screen()], cpu_vnni())
     elif k == 1 and cuda_impl() == "triton":
         from lift_rt.kernels.match_nearest import nearest_triton
 
@@ -391,5 +401,6 @@ def match_keypoints(src_feats: Tensor, tgt_feats: Tensor, src_kps: Tensor, image
     return cells_to_pixels(uv, tgt_image_size, (th, tw)), sim
 
 
-__all__ = ["MAX_K", "cells_to_pixels", "cpu_isa", "cpu_screen", "cpu_screen_kernel", "match_keypoints", "mutual",
+__all__ = ["MAX_K", "cells_to_pixels", "cpu_isa", "cpu_screen", "cpu_screen_kernel", "cpu_vnni", "match_keypoints",
+           "mutual",
            "nearest", "pixels_to_cells", "sample_descriptors", "soft_argmax", "topk"]

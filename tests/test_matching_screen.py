@@ -8,14 +8,14 @@ from lift_rt import _C, matching
 from lift_rt import matching_reference as ref
 from matching_utils import assert_topk_close, integer_inputs, randn
 
-SCREEN_OFF, SCREEN_AUTO, SCREEN_ON, SCREEN_ON_NO_VNNI = 0, 1, 2, 3
-# int8 kernel -> (ISA code, screen mode that selects it)
-KERNELS = {"avx2": (1, SCREEN_ON), "avx512bw": (2, SCREEN_ON_NO_VNNI), "avx512vnni": (2, SCREEN_ON)}
+SCREEN_OFF, SCREEN_AUTO, SCREEN_ON = 0, 1, 2
+# int8 kernel -> (ISA code, whether VNNI kernels are allowed): the settings that select it
+KERNELS = {"avx2": (1, False), "avxvnni": (1, True), "avx512bw": (2, False), "avx512vnni": (2, True)}
 
 
 def _available(kernel: str) -> bool:
-    isa, mode = KERNELS[kernel]
-    return isa <= _C.cpu_isa() and _C.cpu_screen_kernel(isa, mode != SCREEN_ON_NO_VNNI) == kernel
+    isa, vnni = KERNELS[kernel]
+    return isa <= _C.cpu_isa() and _C.cpu_screen_kernel(isa, vnni) == kernel
 
 
 SCREEN_KERNELS = [pytest.param(k, marks=pytest.mark.skipif(not _available(k), reason=f"this CPU/build has no {k} "
@@ -24,12 +24,13 @@ SCREEN_KERNELS = [pytest.param(k, marks=pytest.mark.skipif(not _available(k), re
 
 def nearest_cpu(src, tgt, kernel=None, *, mask=None, normalize=True, threads=2):
     """(index B x N, sim B x N) from _C.topk_cpu with the given int8 kernel (None: screening off)."""
-    isa, mode = KERNELS[kernel] if kernel else (_C.cpu_isa(), SCREEN_OFF)
+    isa, vnni = KERNELS[kernel] if kernel else (_C.cpu_isa(), True)
+    mode = SCREEN_ON if kernel else SCREEN_OFF
     b, n, d = src.shape
     index = torch.empty(b, n, 1, dtype=torch.int64)
     sim = torch.empty(b, n, 1, dtype=torch.float32)
     _C.topk_cpu(matching._operand(src), matching._operand(tgt), matching._mask_arg(mask), b, n, tgt.shape[1], d, 1,
-                normalize, matching.EPS, index.data_ptr(), sim.data_ptr(), threads, isa, mode)
+                normalize, matching.EPS, index.data_ptr(), sim.data_ptr(), threads, isa, mode, vnni)
     return index, sim
 
 
@@ -148,7 +149,14 @@ def test_screen_mode_and_kernel_names(monkeypatch):
         matching.nearest(torch.randn(3, 4), torch.randn(5, 4))
     monkeypatch.delenv("LIFT_MATCH_SCREEN")
     assert matching.cpu_screen() == "auto"
-    assert matching.cpu_screen_kernel() in {"avx2", "avx512bw", "avx512vnni", None}
+    assert matching.cpu_screen_kernel() in {"avx2", "avxvnni", "avx512bw", "avx512vnni", None}
+    monkeypatch.setenv("LIFT_MATCH_ISA", "avx2")
+    monkeypatch.setenv("LIFT_MATCH_VNNI", "0")
+    assert matching.cpu_screen_kernel() == ("avx2" if _C.cpu_isa() >= 1 else None)
+    monkeypatch.setenv("LIFT_MATCH_VNNI", "yes")
+    with pytest.raises(ValueError, match="LIFT_MATCH_VNNI"):
+        matching.cpu_screen_kernel()
+    monkeypatch.delenv("LIFT_MATCH_VNNI")
     monkeypatch.setenv("LIFT_MATCH_ISA", "scalar")
     assert matching.cpu_screen_kernel() is None
     # no int8 kernel for scalar: "on" quietly means the exact kernel, same answers
@@ -158,7 +166,7 @@ def test_screen_mode_and_kernel_names(monkeypatch):
     assert_topk_close(index.unsqueeze(-1), sim.unsqueeze(-1), src, tgt, 1)
     with pytest.raises(ValueError, match="bad screen mode"):
         _C.topk_cpu(matching._operand(src[None]), matching._operand(tgt[None]), (0, 0, 0), 1, 20, 30, 9, 1, True,
-                    1e-12, 0, 0, 1, 0, 7)
+                    1e-12, 0, 0, 1, 0, 7, True)
 
 
 @pytest.mark.parametrize("kernel", SCREEN_KERNELS)
