@@ -18,6 +18,7 @@ from typing import Callable
 import pytest
 import torch
 
+from benchlib import relative_error
 from lift_rt.backbones import get_spec
 from lift_rt.model import IMAGE_CHANNELS, LiFT
 
@@ -95,9 +96,7 @@ def relative_error_vs_fp32(lift: LiFT, image: torch.Tensor, feats: torch.Tensor,
     oracle = copy.deepcopy(lift).float()
     with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         want = oracle(image.float(), feats.float())
-    got = out.float()
-    assert got.shape == want.shape and torch.isfinite(got).all()
-    return ((got - want).norm() / want.norm()).item()
+    return relative_error(out, want)
 
 
 def runner(variant: str, lift: LiFT, image: torch.Tensor, feats: torch.Tensor) -> Callable[[], object]:

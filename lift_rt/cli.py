@@ -1,12 +1,14 @@
 """Checks the command-line tools share: argparse types, the device, output paths, load errors.
 
 Each raises ValueError (or argparse.ArgumentTypeError) with a one-line message
-naming the flag, which the tools print as ``<prog>: error: <message>``.
+naming the flag, which the tools print as ``<prog>: error: <message>``. Also
+:func:`integer_arg`, the same rule for integer arguments of the Python API.
 """
 
 from __future__ import annotations
 
 import argparse
+import operator
 import os
 from pathlib import Path
 
@@ -21,6 +23,20 @@ def _int_at_least(text: str, minimum: int, wanted: str) -> int:
     if value < minimum:
         raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
     return value
+
+
+def integer_arg(name: str, value, minimum: int) -> int:
+    """An API argument as an int >= minimum (numpy and torch integers too): bool, float and str are
+    TypeErrors naming ``name``, smaller values ValueErrors."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {number}")
+    return number
 
 
 def positive_int(text: str) -> int:

@@ -25,7 +25,6 @@ Conventions shared by every function here:
 from __future__ import annotations
 
 import math
-import operator
 import os
 from typing import Optional
 
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lift_rt import _C
+from lift_rt.cli import integer_arg
 
 MAX_K: int = _C.MAX_K
 EPS = 1e-12  # as torch.nn.functional.normalize
@@ -218,24 +218,11 @@ def _check_mask(mask: Tensor, shape: tuple[int, ...], device: torch.device, name
         raise ValueError(f"{name} is on {mask.device}, features on {device}")
 
 
-def _integer(name: str, value, minimum: int) -> int:
-    """``value`` as an int >= minimum (numpy and torch integers too); bool, float and str are TypeErrors."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {number}")
-    return number
-
-
 def _size_pair(name: str, value) -> tuple[int, int]:
     """``value`` as (height, width), two integers >= 1."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
         raise TypeError(f"{name} must be a (height, width) pair, got {value!r}")
-    return _integer(f"{name}[0]", value[0], 1), _integer(f"{name}[1]", value[1], 1)
+    return integer_arg(f"{name}[0]", value[0], 1), integer_arg(f"{name}[1]", value[1], 1)
 
 
 def _positive_finite(name: str, value, *, zero_ok: bool = False) -> float:
@@ -254,7 +241,7 @@ def topk(src: Tensor, tgt: Tensor, k: int, *, normalize: bool = True, mask: Opti
     Missing candidates (fewer than k valid) are index -1, similarity -inf.
     """
     src, tgt, mask, unbatched = _check_pair(src, tgt, mask)
-    k = _integer("k", k, 1)
+    k = integer_arg("k", k, 1)
     if k > min(MAX_K, tgt.shape[1]):
         raise ValueError(f"k must be in [1, min({MAX_K}, M={tgt.shape[1]})], got {k}")
     eps = _positive_finite("eps", eps, zero_ok=True)
@@ -307,7 +294,7 @@ def soft_argmax(src: Tensor, tgt: Tensor, index: Tensor, grid_size: tuple[int, i
     h, w = _size_pair("grid_size", grid_size)
     if h * w != tgt.shape[1]:
         raise ValueError(f"grid_size {grid_size} does not hold M = {tgt.shape[1]} targets")
-    radius = _integer("radius", radius, 0)
+    radius = integer_arg("radius", radius, 0)
     temperature = _positive_finite("temperature", temperature)
     eps = _positive_finite("eps", eps, zero_ok=True)
     if not isinstance(index, Tensor):
@@ -380,7 +367,7 @@ def match_keypoints(src_feats: Tensor, tgt_feats: Tensor, src_kps: Tensor, image
         raise ValueError(f"src_kps is on {src_kps.device}, features on {src_feats.device}")
     image_size = _size_pair("image_size", image_size)
     tgt_image_size = image_size if tgt_image_size is None else _size_pair("tgt_image_size", tgt_image_size)
-    refine_radius = _integer("refine_radius", refine_radius, 0)
+    refine_radius = integer_arg("refine_radius", refine_radius, 0)
     th, tw = tgt_feats.shape[-2:]
     tgt = tgt_feats.flatten(2).transpose(1, 2)  # B x M x D view, no copy
     if tgt_mask is not None:

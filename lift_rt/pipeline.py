@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import operator
-
 import torch
 from torch import nn
 
 from lift_rt.backbones import ViTFeatures, check_resolution
+from lift_rt.cli import integer_arg
 from lift_rt.model import upsample_iteratively
 
 
@@ -21,15 +20,7 @@ class LiftPipeline(nn.Module):
 
     def __init__(self, backbone: ViTFeatures, lift: nn.Module | None, iterations: int = 1) -> None:
         super().__init__()
-        try:  # numpy integers are fine; 1.5, "2" and True are not
-            count = None if isinstance(iterations, bool) else operator.index(iterations)
-        except TypeError:
-            count = None
-        if count is None:
-            raise TypeError(f"iterations must be an integer >= 1, got {iterations!r}")
-        iterations = count
-        if iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        iterations = integer_arg("iterations", iterations, 1)  # numpy integers too; not 1.5, "2" or True
         self.backbone = backbone
         self.lift = lift
         self.iterations = iterations
