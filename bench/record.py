@@ -80,6 +80,45 @@ def record(raw: dict, note: str = "", *, device: str | None = None, commit_id: s
     return path
 
 
+# The line bench/test_bench_lift_head.py prints per GPU case (kept when a stopped stage writes no JSON).
+HEAD_LINE = re.compile(
+    r"^\[(?P<variant>\w+) (?P<dtype>\w+) (?P<height>\d+)px b(?P<batch>\d+)\] floor (?P<floor_ms>[\d.]+) ms "
+    r"\((?P<mb>[\d.]+) MB, (?P<gflop>[\d.]+) GFLOP on H100\), CUDA-event median (?P<ms>[\d.]+) ms = [\d.]+x floor"
+    r"(?:, relative error vs eager fp32 (?P<rel>[\d.e+-]+))?", re.MULTILINE)
+
+
+def _head_key(info: dict) -> tuple:
+    return info.get("variant"), info.get("dtype"), info.get("height"), info.get("batch")
+
+
+def head_cases_from_log(text: str) -> list[dict]:
+    """The LiFT-head cases a log printed, as pytest-benchmark entries (mean = the CUDA-event median)."""
+    entries = []
+    for m in HEAD_LINE.finditer(text):
+        ms = float(m["ms"])
+        info = {"kind": "lift_head", "variant": m["variant"], "dtype": f"torch.{m['dtype']}", "height": int(m["height"]),
+                "batch": int(m["batch"]), "floor_ms": float(m["floor_ms"]), "bytes": float(m["mb"]) * 1e6,
+                "flops": float(m["gflop"]) * 1e9, "device_ms": ms, "source": "printed line"}
+        if m["rel"]:
+            info["rel_err_vs_eager_fp32"] = float(m["rel"])
+        name = f"test_lift_head_gpu[{m['variant']}_{m['dtype']}-{m['height']}-{m['batch']}]"
+        entries.append({"name": name, "group": None, "stats": {"mean": ms / 1e3, "stddev": None, "rounds": None}, "extra_info": info})
+    return entries
+
+
+def training_summary(path: Path) -> str:
+    """One line on a lift_rt.train log: median images/s over the steps, and the slowest step."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    steps = [r for r in rows if r.get("event") == "step" and r.get("images_per_s")]
+    if not steps:
+        return f"{path.name}: no training step logged"
+    rates = sorted(r["images_per_s"] for r in steps)
+    config = next((r.get("config", {}) for r in rows if r.get("event") == "start"), {})
+    what = ", ".join(f"{k} {config[k]}" for k in ("backbone", "batch", "imsize", "amp", "workers") if k in config)
+    return (f"training ({what or 'see train-log.jsonl'}): {len(steps)} steps, median {rates[len(rates) // 2]:.0f} images/s, "
+            f"slowest step {rates[0]:.0f} images/s")
+
+
 def import_session(folder: Path) -> list[Path]:
     """Record what ``bash bench/gpu_session.sh`` left in its $OUT (machine.txt, stages.txt, session.tgz).
 
@@ -102,8 +141,13 @@ def import_session(folder: Path) -> list[Path]:
         archive.extractall(tmp, filter="data")
         logs = Path(tmp)
         merged: dict = {"benchmarks": []}
+        notes = []
         for path in sorted(logs.glob("*.json")):
-            raw = json.loads(path.read_text())
+            try:
+                raw = json.loads(path.read_text())
+            except json.JSONDecodeError:  # pytest-benchmark writes nothing useful when its stage is stopped
+                notes.append(f"{path.name}: empty or cut off (its stage stopped at its limit)")
+                continue
             if "benchmarks" in raw:  # pytest-benchmark output
                 merged.setdefault("datetime", raw.get("datetime"))
                 merged.setdefault("commit_info", raw.get("commit_info", {}))
@@ -111,6 +155,16 @@ def import_session(folder: Path) -> list[Path]:
             else:  # bench/matching_cuda_table.py output, already in its final form
                 written.append(RESULTS / path.name)
                 written[-1].write_text(path.read_text())
+        recorded = {_head_key(b["extra_info"]) for b in merged["benchmarks"] if b.get("extra_info", {}).get("kind") == "lift_head"}
+        for log in sorted(logs.glob("*.log")):
+            for entry in head_cases_from_log(log.read_text(errors="replace")):
+                if _head_key(entry["extra_info"]) not in recorded:
+                    recorded.add(_head_key(entry["extra_info"]))
+                    merged["benchmarks"].append(entry)
+                    notes.append(f"{entry['name']}: read from {log.name} (its JSON was not written)")
+        train_log = logs / "train-log.jsonl"
+        if train_log.is_file():
+            notes.append(training_summary(train_log))
         slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")[:40]
         date = (merged.get("datetime") or datetime.date.today().isoformat())[:10]
         if merged["benchmarks"]:
@@ -120,7 +174,8 @@ def import_session(folder: Path) -> list[Path]:
         failures = "".join(line for log in sorted(logs.glob("*.log")) for line in log.read_text(errors="replace").splitlines(True)
                            if line.startswith(("FAILED", "ERROR")))
         summary = RESULTS / f"gpu-session-{slug}-{date}.txt"
-        summary.write_text(f"{machine}\n{(folder / 'stages.txt').read_text()}\n{failures or 'no FAILED / ERROR lines'}\n")
+        summary.write_text(f"{machine}\n{(folder / 'stages.txt').read_text()}\n{failures or 'no FAILED / ERROR lines'}\n"
+                           + "".join(f"{note}\n" for note in notes))
         written.append(summary)
     return written
 

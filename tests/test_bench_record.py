@@ -69,3 +69,34 @@ def test_import_session_cli_says_what_is_missing(tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 1 and "holds no machine.txt, stages.txt, session.tgz" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_import_session_keeps_what_a_stopped_stage_printed(session, tmp_path, monkeypatch):
+    """A stage stopped at its limit leaves an empty JSON: the head lines it printed and the training log still count."""
+    work = tmp_path / "work"
+    (work / "pipeline.json").write_text("")
+    (work / "head.log").write_text(
+        "[triton bfloat16 224px b1] floor 0.0058 ms (5.69 MB, 5.78 GFLOP on H100), CUDA-event median 0.0900 ms = 15.5x floor, "
+        "relative error vs eager fp32 2.5e-03\n.\n"
+        "[eager float32 448px b32] floor 1.4958 ms (852.52 MB, 739.98 GFLOP on H100), CUDA-event median 7.4870 ms = 5.0x floor, "
+        "relative error vs eager fp32 3.8e-04\n!!!! KeyboardInterrupt !!!!\n")
+    steps = [{"event": "start", "config": {"backbone": "dino_s8", "batch": 64, "imsize": 448}}]
+    steps += [{"event": "step", "step": i, "images_per_s": rate} for i, rate in enumerate([26.0, 570.0, 575.0, 580.0], 1)]
+    (work / "train-log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in steps))
+    (session / "session.tgz").unlink()
+    with tarfile.open(session / "session.tgz", "w:gz") as archive:
+        archive.add(work, arcname=".")
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(record, "RESULTS", results)
+    record.import_session(session)
+    rec = json.loads((results / "bench-nvidia-h200-2026-11-27.json").read_text())
+    heads = {(b["extra_info"]["variant"], b["extra_info"]["height"], b["extra_info"]["batch"]): b for b in rec["benchmarks"]}
+    assert set(heads) == {("triton", 224, 1), ("eager", 224, 1), ("eager", 448, 32)}
+    assert heads[("triton", 224, 1)]["extra_info"]["device_ms"] == 0.081  # the JSON wins over the printed line
+    printed = heads[("eager", 448, 32)]
+    assert printed["extra_info"]["device_ms"] == 7.487 and printed["mean_s"] == pytest.approx(7.487e-3)
+    assert printed["extra_info"]["dtype"] == "torch.float32" and printed["extra_info"]["rel_err_vs_eager_fp32"] == 3.8e-4
+    summary = (results / "gpu-session-nvidia-h200-2026-11-27.txt").read_text()
+    assert "pipeline.json: empty or cut off" in summary
+    assert "backbone dino_s8, batch 64, imsize 448): 4 steps, median 575 images/s, slowest step 26 images/s" in summary
