@@ -9,6 +9,8 @@
 #
 #   LIFT_GPU_STAGES="build match_tests matcher head pipeline tests train compile compile_pipeline"  (default: all, in this order)
 #   LIFT_GPU_LIMIT_<STAGE>=seconds   override one stage's limit
+#   LIFT_GPU_MATCHER_ARGS="--sizes 12544 --dtypes bf16"   narrow the matcher table (default: every row)
+#   LIFT_GPU_HEAD_K="gpu and triton and 448"              narrow the head bench (default: every case but compile)
 #   LIFT_GPU_TOTAL=seconds           whole-script budget (default 540, under the tool's 600 s per call)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -66,10 +68,10 @@ stage match_tests 75 bash -c "$PY -m pytest -q -rfEs --timeout 60 -p no:cachepro
   a=\$?; $PY -m pytest -q -rfEs --timeout 60 -p no:cacheprovider --durations=10 tests/test_kernels_match_nearest.py; b=\$?; exit \$((a | b))"
 
 # 3. Matchers against cuBLAS (issue 4's target: <= 1.2x the GEMM, no N x M allocation).
-stage matcher 120 $PY bench/matching_cuda_table.py --out "$WORK"
+stage matcher 120 $PY bench/matching_cuda_table.py --out "$WORK" ${LIFT_GPU_MATCHER_ARGS:-}
 
 # 4. The LiFT head alone, every variant but torch.compile (issue 6's targets), then the pipeline.
-stage head 90 $PY -m pytest bench/test_bench_lift_head.py --benchmark-only -s -q -k "gpu and not compile" \
+stage head 90 $PY -m pytest bench/test_bench_lift_head.py --benchmark-only -s -q -k "${LIFT_GPU_HEAD_K:-gpu and not compile}" \
   -p no:cacheprovider --benchmark-json="$WORK/lift_head.json"
 stage pipeline 60 $PY -m pytest bench/test_bench_pipeline.py --benchmark-only -q -p no:cacheprovider \
   -k "(224px-b1 or 224px-b8) and not compile" --benchmark-json="$WORK/pipeline.json"

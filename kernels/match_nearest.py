@@ -52,31 +52,41 @@ def _nearest_kernel(
     best_idx = tl.full((BLOCK_M,), 2147483647, tl.int32)
     col_begin = split * cols_per_split
     col_end = tl.minimum(M, col_begin + cols_per_split)
-    for c0 in range(col_begin, col_end, BLOCK_N):
+    # One loop over (column tile, depth slice) steps rather than two nested loops: the software
+    # pipeline then streams through tile boundaries instead of filling and draining once per tile
+    # (with D = 384 a tile has only 6 slices of 64). The tile's epilogue runs on its last slice.
+    k_steps = tl.maximum(tl.cdiv(D, BLOCK_K), 1)
+    steps = tl.cdiv(col_end - col_begin, BLOCK_N) * k_steps
+    ki = k_steps - 1
+    c0 = col_begin - BLOCK_N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for _ in range(0, steps):
+        ki = tl.where(ki == k_steps - 1, 0, ki + 1)
+        c0 = tl.where(ki == 0, c0 + BLOCK_N, c0)
         cols = c0 + tl.arange(0, BLOCK_N)
         col_ok = cols < col_end
-        tgt_cols = tgt_ptr + b * stb + cols.to(tl.int64)[:, None] * stm
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, D, BLOCK_K):
-            k = k0 + offs_k
-            k_ok = k < D
-            a = tl.load(src_rows + k[None, :] * ssd, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            t = tl.load(tgt_cols + k[None, :] * std, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            acc = tl.dot(a, tl.trans(t), acc, input_precision="ieee")  # fp32 stays fp32
-        if NORMALIZE:
-            inv_tgt = tl.load(inv_tgt_ptr + b * M + cols, mask=col_ok, other=1.0)
-            acc = acc * (inv_src[:, None] * inv_tgt[None, :])
-        # -inf and NaN never count as candidates (as lift_rt.matching_reference), nor do masked targets.
-        valid = col_ok[None, :] & (acc > float("-inf"))
-        if HAS_MASK:
-            keep = tl.load(mask_ptr + b * smb + cols.to(tl.int64) * smm, mask=col_ok, other=0)
-            valid = valid & (keep != 0)[None, :]
-        key = tl.where(valid, acc, float("-inf"))
-        tile_max = tl.max(key, axis=1)
-        tile_idx = tl.min(tl.where(valid & (key == tile_max[:, None]), cols[None, :], 2147483647), axis=1)
-        better = (tile_idx != 2147483647) & ((tile_max > best_val) | ((tile_max == best_val) & (tile_idx < best_idx)))
-        best_val = tl.where(better, tile_max, best_val)
-        best_idx = tl.where(better, tile_idx, best_idx)
+        k = ki * BLOCK_K + offs_k
+        k_ok = k < D
+        a = tl.load(src_rows + k[None, :] * ssd, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        t = tl.load(tgt_ptr + b * stb + cols.to(tl.int64)[:, None] * stm + k[None, :] * std,
+                    mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(t), acc, input_precision="ieee")  # fp32 stays fp32
+        if ki == k_steps - 1:
+            if NORMALIZE:
+                inv_tgt = tl.load(inv_tgt_ptr + b * M + cols, mask=col_ok, other=1.0)
+                acc = acc * (inv_src[:, None] * inv_tgt[None, :])
+            # -inf and NaN never count as candidates (as lift_rt.matching_reference), nor do masked targets.
+            valid = col_ok[None, :] & (acc > float("-inf"))
+            if HAS_MASK:
+                keep = tl.load(mask_ptr + b * smb + cols.to(tl.int64) * smm, mask=col_ok, other=0)
+                valid = valid & (keep != 0)[None, :]
+            key = tl.where(valid, acc, float("-inf"))
+            tile_max = tl.max(key, axis=1)
+            tile_idx = tl.min(tl.where(valid & (key == tile_max[:, None]), cols[None, :], 2147483647), axis=1)
+            better = (tile_idx != 2147483647) & ((tile_max > best_val) | ((tile_max == best_val) & (tile_idx < best_idx)))
+            best_val = tl.where(better, tile_max, best_val)
+            best_idx = tl.where(better, tile_idx, best_idx)
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     out = (b * N + rows) * splits + split
     tl.store(val_ptr + out, best_val, mask=row_ok)
     tl.store(idx_ptr + out, best_idx, mask=row_ok)

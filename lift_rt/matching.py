@@ -2,7 +2,8 @@
 
 Thin Python over the ``lift_rt._C`` kernels (CPU: tiled AVX-512/AVX2/scalar micro-kernels with a
 running top-k, and for top-1 an exact int8 screening pass, see :func:`cpu_screen`; CUDA: tiled,
-tensor cores for fp16/bf16, fused running top-k; for top-1, optionally the Triton kernel of :mod:`lift_rt.kernels.match_nearest`, see :func:`cuda_impl`). Two torch ops are
+tensor cores for fp16/bf16, fused running top-k; for large fp16/bf16 top-1 problems the Triton
+kernel of :mod:`lift_rt.kernels.match_nearest`, see :func:`cuda_impl`). Two torch ops are
 registered, ``lift_rt::match_topk`` and ``lift_rt::soft_argmax`` (both work under torch.compile);
 everything else composes them. Pure-PyTorch references of each function live in
 :mod:`lift_rt.matching_reference`.
@@ -90,18 +91,28 @@ def cpu_screen_kernel() -> Optional[str]:
     return _C.cpu_screen_kernel(_ISA_NAMES[cpu_isa()], cpu_vnni()) or None
 
 
-_CUDA_IMPLS = ("csrc", "triton")
+_CUDA_IMPLS = ("auto", "csrc", "triton")
+# 'auto' hands top-1 to Triton from this many multiply-adds (B x N x M x D) up. Measured on an
+# H100 (bench/results/matching-cuda-nvidia-h100-80gb-hbm3-2026-11-26.json): Triton costs ~0.3 ms
+# of launches and merging whatever the size, the csrc kernel ~1.3e-11 ms per multiply-add, and
+# Triton is faster from one 448-px S/8 pair (12544 x 12544 x 384 = 6e10) up.
+TRITON_FROM_MACS = 2**35
 
 
-def cuda_impl() -> str:
-    """Which CUDA kernel computes top-1 matches: 'csrc' (the C++ extension, the default) or 'triton'
-    (:mod:`lift_rt.kernels.match_nearest`, a GEMM with a fused argmax), set by ``LIFT_MATCH_CUDA``.
+def cuda_impl(macs: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> str:
+    """Which CUDA kernel computes top-1 matches for a problem of ``macs`` multiply-adds (B x N x M x D):
+    'csrc' (the C++ extension), 'triton' (:mod:`lift_rt.kernels.match_nearest`, a GEMM with a fused
+    argmax), or by default ('auto') Triton for fp16/bf16 from :data:`TRITON_FROM_MACS` up and csrc
+    otherwise (fp32 was not timed on a GPU). ``LIFT_MATCH_CUDA=auto|csrc|triton`` sets it.
 
     Top-k with k > 1 and soft-argmax always run in the C++ extension.
     """
-    name = os.environ.get("LIFT_MATCH_CUDA", "csrc")
+    name = os.environ.get("LIFT_MATCH_CUDA", "auto")
     if name not in _CUDA_IMPLS:
         raise ValueError(f"LIFT_MATCH_CUDA must be one of {list(_CUDA_IMPLS)}, got {name!r}")
+    if name == "auto":
+        large = macs is not None and macs >= TRITON_FROM_MACS
+        return "triton" if large and dtype in (torch.float16, torch.bfloat16) else "csrc"
     return name
 
 
@@ -128,7 +139,7 @@ def _match_topk(src: Tensor, tgt: Tensor, mask: Optional[Tensor], k: int, normal
             index.data_ptr(), sim.data_ptr())
     if src.device.type == "cpu":
         _C.topk_cpu(*args, torch.get_num_threads(), _ISA_NAMES[cpu_isa()], _SCREEN_MODES[cpu_screen()], cpu_vnni())
-    elif k == 1 and cuda_impl() == "triton":
+    elif k == 1 and cuda_impl(b * n * m * d, src.dtype) == "triton":
         from lift_rt.kernels.match_nearest import nearest_triton
 
         with torch.cuda.device(src.device):

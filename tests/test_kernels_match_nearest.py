@@ -87,3 +87,14 @@ def test_lift_match_cuda_rejects_unknown_names(monkeypatch):
     monkeypatch.setenv("LIFT_MATCH_CUDA", "cublas")
     with pytest.raises(ValueError, match="LIFT_MATCH_CUDA"):
         matching.cuda_impl()
+
+
+def test_auto_hands_large_half_precision_problems_to_triton(monkeypatch):
+    monkeypatch.delenv("LIFT_MATCH_CUDA", raising=False)
+    big = matching.TRITON_FROM_MACS
+    assert matching.cuda_impl(big, torch.bfloat16) == "triton" and matching.cuda_impl(big, torch.float16) == "triton"
+    assert matching.cuda_impl(big - 1, torch.bfloat16) == "csrc"
+    assert matching.cuda_impl(1 << 40, torch.float32) == "csrc"  # fp32 stays on csrc (not timed on a GPU)
+    assert matching.cuda_impl() == "csrc"
+    monkeypatch.setenv("LIFT_MATCH_CUDA", "triton")
+    assert matching.cuda_impl(1, torch.float32) == "triton"
