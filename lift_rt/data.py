@@ -118,7 +118,11 @@ class ImageFolder(torch.utils.data.Dataset):
         """Select the epoch's jitter draws (call before creating the epoch's loader iterator)."""
         self.epoch = epoch
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """``index`` or ``(index, epoch)`` (a sampler's way to pick the epoch's jitter draws in
+        persistent loader workers, which never see :meth:`set_epoch` calls) -> (``3 x size x size``
+        float image in [0, 1], files skipped as unreadable)."""
+        index, epoch = item if isinstance(item, tuple) else (item, self.epoch)
         skipped = 0
         for attempt in range(len(self.files)):
             path = self.files[(index + attempt) % len(self.files)]
@@ -131,7 +135,7 @@ class ImageFolder(torch.utils.data.Dataset):
         else:
             raise RuntimeError(f"none of the {len(self.files)} files under {self.root} could be read as an image")
         if self.jitter > 0:
-            generator = torch.Generator().manual_seed(((self.seed * 1_000_003) + self.epoch) * 1_000_003 + index)
+            generator = torch.Generator().manual_seed(((self.seed * 1_000_003) + epoch) * 1_000_003 + index)
             image = color_jitter(image, self.jitter, generator)
         return image, skipped
 

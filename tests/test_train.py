@@ -426,3 +426,23 @@ def test_cli_garbage_backbone_weights_is_a_message_without_unsafe_advice(images,
                            "--backbone-weights", str(garbage), "--out", str(tmp_path / "run")])
     assert f"cannot read backbone checkpoint {garbage}: not a valid checkpoint file" in err
     assert "weights_only" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_persistent_workers_see_each_epochs_jitter(images):
+    """The sampler carries the epoch to the dataset, so one loader with persistent workers still
+    draws each epoch's jitter (as ImageFolder[index] after set_epoch would)."""
+    from lift_rt.data import ImageFolder
+    from lift_rt.train.loop import ShardSampler
+
+    dataset = ImageFolder(images, 16, jitter=0.2, seed=3)
+    sampler = ShardSampler(len(dataset), rank=0, world=1, seed=0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=len(dataset), sampler=sampler, num_workers=1,
+                                         persistent_workers=True)
+    batches = {}
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        order = [index for index, _ in sampler]
+        batches[epoch] = next(iter(loader))[0]
+        dataset.set_epoch(epoch)
+        torch.testing.assert_close(batches[epoch], torch.stack([dataset[i][0] for i in order]), rtol=0, atol=0)
+    assert not torch.equal(batches[0], batches[1])
