@@ -1,9 +1,15 @@
 """Shared benchmark fixtures: random weights on disk and cached engines (settings: benchlib.py).
 
 Nothing here is autouse: bench files that do not ask for these fixtures are unaffected.
+With ``LIFT_BENCH_LOG=path.jsonl`` each finished benchmark is also appended there as one JSON
+line (pytest-benchmark's own JSON is written only when the session ends, so a run stopped at a
+time limit, as bench/gpu_session.sh's stages can be, would otherwise keep nothing).
 """
 
 from __future__ import annotations
+
+import json
+import os
 
 import pytest
 
@@ -42,3 +48,20 @@ def engine_for(random_weights):
         return cache[key]
 
     return get
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    path = os.environ.get("LIFT_BENCH_LOG")
+    bench = item.funcargs.get("benchmark") if hasattr(item, "funcargs") else None
+    if not path or call.when != "call" or bench is None or getattr(bench, "stats", None) is None:
+        return
+    stats = bench.stats.stats
+    if not stats.data:
+        return
+    entry = {"name": item.name, "group": bench.group, "passed": outcome.get_result().passed,
+             "stats": {"mean": stats.mean, "stddev": stats.stddev, "rounds": stats.rounds},
+             "extra_info": dict(bench.extra_info)}
+    with open(path, "a") as log:
+        log.write(json.dumps(entry, default=str) + "\n")

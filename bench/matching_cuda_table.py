@@ -6,7 +6,9 @@ Needs a CUDA GPU and lift_rt built with its CUDA path. Each case first checks bo
 against a chunked fp32 reference on the chosen similarities (a failure is recorded, marked in the
 table and ends the run with a nonzero status after every row is measured), then times (median of
 ``triton.testing.do_bench``, ms) the two matchers, the bare GEMM ``a @ b.T`` in the same dtype
-(cuBLAS; the issue's target is matcher <= 1.2x this) and normalise + GEMM + max. Peak extra memory
+(cuBLAS; the issue's target is matcher <= 1.2x this) and normalise + GEMM + max; then each again
+as a replayed CUDA graph (device time without host costs: the H100 run of 2026-11-26 showed the
+Triton matcher's plain timing bound by ~0.3-0.5 ms of launches at every size). Peak extra memory
 is ``torch.cuda.max_memory_allocated`` above the inputs. Matcher times include the Python
 dispatch and, for Triton, the norm and merge launches: at N = 784 that overhead is most of it.
 Writes bench/results/matching-cuda-<gpu>-<date>.json (rewritten after every case, so a run
@@ -69,6 +71,17 @@ def similarity_gap(impl: str, a: torch.Tensor, b: torch.Tensor) -> float:
     return max((sim - ref_sim).abs().max().item(), (picked - ref_sim).abs().max().item())
 
 
+def graph_replay_ms(fn, a, b) -> float:
+    """Median time of ``fn(a, b)`` captured once in a CUDA graph and replayed: the device's time
+    without Python, op dispatch and launch costs (which dominate the plain timing of small cases)."""
+    fn(a, b)  # compiled and autotuned outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn(a, b)
+    return triton.testing.do_bench(graph.replay, warmup=10, rep=50, return_mode="median")
+
+
 def peak_extra_mb(fn, a, b) -> float:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -88,7 +101,7 @@ def case(n: int, d: int, dtype: torch.dtype) -> dict:
     a = torch.randn(1, n, d, device="cuda", generator=g).to(dtype)
     b = torch.randn(1, n, d, device="cuda", generator=g).to(dtype)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    row = {"n": n, "d": d, "dtype": str(dtype).removeprefix("torch."), "time_ms": {}, "peak_extra_mb": {},
+    row = {"n": n, "d": d, "dtype": str(dtype).removeprefix("torch."), "time_ms": {}, "graph_ms": {}, "peak_extra_mb": {},
            "max_sim_gap": {}, "tolerance": tol, "parity_ok": {}, "errors": {}}
     for impl, fn in IMPLS.items():
         try:
@@ -100,6 +113,11 @@ def case(n: int, d: int, dtype: torch.dtype) -> dict:
             row["peak_extra_mb"][impl] = peak_extra_mb(fn, a, b)
         except Exception as exc:  # noqa: BLE001 - recorded; the other implementations still run
             row["errors"][impl] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            continue
+        try:
+            row["graph_ms"][impl] = graph_replay_ms(fn, a, b)
+        except Exception as exc:  # noqa: BLE001 - a path that cannot be captured is recorded, not fatal
+            row["errors"][f"{impl} (graph)"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
     row["tflops_mm"] = 2 * n * n * d / row["time_ms"]["mm"] / 1e9 if "mm" in row["time_ms"] else None
     return row
 
@@ -112,7 +130,7 @@ def row_problems(row: dict) -> list[str]:
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| N = M | D | dtype | csrc (ms) | triton (ms) | cuBLAS mm (ms) | mm + max (ms) | csrc / mm | triton / mm | "
-             "extra MB csrc / triton / mm + max |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "graph replay ms csrc / triton / mm | extra MB csrc / triton / mm + max |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t, m = r["time_ms"], r["peak_extra_mb"]
 
@@ -124,11 +142,15 @@ def markdown(rows: list[dict]) -> str:
         def ratio(k: str) -> str:
             return f"{t[k] / t['mm']:.2f}" if k in t and "mm" in t else "-"
 
+        def graph(k: str) -> str:
+            return f"{r.get('graph_ms', {})[k]:.3f}" if k in r.get("graph_ms", {}) else "-"
+
         def mb(k: str) -> str:
             return f"{m[k]:.1f}" if k in m else "-"
 
         lines.append(f"| {r['n']} | {r['d']} | {r['dtype']} | {ms('csrc')} | {ms('triton')} | {ms('mm')} | "
                      f"{ms('mm_max')} | {ratio('csrc')} | {ratio('triton')} | "
+                     f"{graph('csrc')} / {graph('triton')} / {graph('mm')} | "
                      f"{mb('csrc')} / {mb('triton')} / {mb('mm_max')} |")
     return "\n".join(lines)
 

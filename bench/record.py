@@ -155,6 +155,14 @@ def import_session(folder: Path) -> list[Path]:
             else:  # bench/matching_cuda_table.py output, already in its final form
                 written.append(RESULTS / path.name)
                 written[-1].write_text(path.read_text())
+        named = {b["name"] for b in merged["benchmarks"]}
+        for log in sorted(logs.glob("*-bench.jsonl")):  # bench/conftest.py's per-benchmark lines (LIFT_BENCH_LOG)
+            for line in log.read_text().splitlines():
+                entry = json.loads(line) if line.strip() else None
+                if entry and entry["name"] not in named:
+                    named.add(entry["name"])
+                    merged["benchmarks"].append(entry)
+                    notes.append(f"{entry['name']}: read from {log.name} (its JSON was not written)")
         recorded = {_head_key(b["extra_info"]) for b in merged["benchmarks"] if b.get("extra_info", {}).get("kind") == "lift_head"}
         for log in sorted(logs.glob("*.log")):
             for entry in head_cases_from_log(log.read_text(errors="replace")):

@@ -8,7 +8,10 @@ Each program owns ``BLOCK_M`` source rows of one batch item and sweeps its share
 columns in ``BLOCK_N`` tiles: ``tl.dot`` (tensor cores for fp16/bf16, IEEE fp32 for float32)
 into an fp32 tile, scaled by the inverse norms, reduced at once to a per-row (max, lowest
 index) pair. Nothing N x M is written; a column split per program fills the GPU when B x N is
-small, and the B x N x splits partial pairs are merged in PyTorch (ties to the lowest index).
+small, and the B x N x splits partial pairs are merged by a second small kernel (ties to the
+lowest index). Inverse norms come from a third: four launches per call in all (host time per
+launch bound the H100 timings of 2026-11-26, 0.3-0.5 ms a call even at 784 x 784, when the
+merge and the norms were a dozen PyTorch ops).
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from lift_rt.kernels.runtime import INTERPRET, configs
 # The last: fewer registers, for IEEE fp32 (the larger tiles spill there).
 CONFIGS = configs([(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 4), (64, 64, 32, 4, 3)])
 SPLIT_ALIGN = 256
-NO_INDEX = 2**31 - 1  # "no candidate yet": larger than any column index, so min() ignores it
 
 
 # Tuned per size class, not per size: keypoint matching calls with a new N every time.
@@ -123,9 +125,47 @@ def size_class(n: int) -> int:
     return min(triton.next_power_of_2(max(n, 1)), 16384)
 
 
+@triton.jit
+def _inverse_norm_kernel(x_ptr, out_ptr, ROWS, L, D, sxb, sxl, sxd, eps,
+                         BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = r < ROWS
+    base = (r // L).to(tl.int64) * sxb + (r % L).to(tl.int64) * sxl
+    total = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        v = tl.load(x_ptr + base[:, None] + d[None, :] * sxd, mask=r_ok[:, None] & (d < D)[None, :], other=0.0).to(tl.float32)
+        total += tl.sum(v * v, axis=1)
+    norm = tl.sqrt(total)
+    clamped = tl.where(norm != norm, norm, tl.maximum(norm, eps))  # NaN rows stay NaN (maximum would drop it)
+    tl.store(out_ptr + r, 1.0 / clamped, mask=r_ok)
+
+
 def inverse_norms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """``B x L x D`` -> ``B x L`` float32 ``1 / max(||x||, eps)`` (NaN rows stay NaN)."""
-    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).clamp_min(eps).reciprocal()
+    """``B x L x D`` (any strides) -> ``B x L`` float32 ``1 / max(||x||, eps)`` (NaN rows stay NaN), one launch."""
+    b, length, d = x.shape
+    out = torch.empty(b, length, dtype=torch.float32, device=x.device)
+    if out.numel():
+        rows = b * length
+        _inverse_norm_kernel[(triton.cdiv(rows, 32),)](x, out, rows, length, d, *x.stride(), eps, BLOCK_R=32, BLOCK_D=64)
+    return out
+
+
+@triton.jit
+def _merge_kernel(val_ptr, idx_ptr, best_ptr, sim_ptr, ROWS, SPLITS, BLOCK_R: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = r < ROWS
+    best_val = tl.full((BLOCK_R,), float("-inf"), tl.float32)
+    best_idx = tl.full((BLOCK_R,), 2147483647, tl.int32)
+    for s in range(0, SPLITS):
+        val = tl.load(val_ptr + r.to(tl.int64) * SPLITS + s, mask=r_ok, other=float("-inf"))
+        idx = tl.load(idx_ptr + r.to(tl.int64) * SPLITS + s, mask=r_ok, other=2147483647)
+        better = (idx != 2147483647) & ((val > best_val) | ((val == best_val) & (idx < best_idx)))
+        best_val = tl.where(better, val, best_val)
+        best_idx = tl.where(better, idx, best_idx)
+    found = best_idx != 2147483647
+    tl.store(best_ptr + r, tl.where(found, best_idx, -1).to(tl.int64), mask=r_ok)
+    tl.store(sim_ptr + r, tl.where(found, best_val, float("-inf")), mask=r_ok)
 
 
 def nearest_triton(src: torch.Tensor, tgt: torch.Tensor, mask: Optional[torch.Tensor] = None, *,
@@ -166,10 +206,11 @@ def nearest_triton(src: torch.Tensor, tgt: torch.Tensor, mask: Optional[torch.Te
 
 
 def merge_splits(part_val: torch.Tensor, part_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``B x N x S`` partial (max, index) pairs -> the best of each row, ties to the lowest index."""
-    best = part_val.amax(dim=-1, keepdim=True)
-    tied = (part_val == best) & (part_idx != NO_INDEX)
-    index = torch.where(tied, part_idx, NO_INDEX).amin(dim=-1).long()
-    found = index != NO_INDEX
-    sim = torch.where(found, best.squeeze(-1), float("-inf"))
-    return torch.where(found, index, -1), sim
+    """``B x N x S`` partial (max, index) pairs -> the best of each row, ties to the lowest index,
+    as index ``B x N`` int64 (-1 where no split found a candidate) and similarity (-inf there); one launch."""
+    batch, n, splits = part_val.shape
+    index = torch.empty(batch, n, dtype=torch.int64, device=part_val.device)
+    sim = torch.empty(batch, n, dtype=torch.float32, device=part_val.device)
+    if index.numel():
+        _merge_kernel[(triton.cdiv(batch * n, 128),)](part_val, part_idx, index, sim, batch * n, splits, BLOCK_R=128)
+    return index, sim

@@ -83,6 +83,11 @@ def test_import_session_keeps_what_a_stopped_stage_printed(session, tmp_path, mo
     steps = [{"event": "start", "config": {"backbone": "dino_s8", "batch": 64, "imsize": 448}}]
     steps += [{"event": "step", "step": i, "images_per_s": rate} for i, rate in enumerate([26.0, 570.0, 575.0, 580.0], 1)]
     (work / "train-log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in steps))
+    line = {"name": "test_pipeline_throughput[torch-bf16-224px-b1]", "group": "pipeline 224px batch 1", "passed": True,
+            "stats": {"mean": 2e-3, "stddev": 1e-5, "rounds": 20},
+            "extra_info": {"kind": "pipeline", "backend": "torch", "precision": "bf16", "size": 224, "batch": 1,
+                           "gflops": 47.6, "images_per_s": 500.0}}
+    (work / "pipeline-bench.jsonl").write_text(json.dumps(line) + "\n")
     (session / "session.tgz").unlink()
     with tarfile.open(session / "session.tgz", "w:gz") as archive:
         archive.add(work, arcname=".")
@@ -91,8 +96,12 @@ def test_import_session_keeps_what_a_stopped_stage_printed(session, tmp_path, mo
     monkeypatch.setattr(record, "RESULTS", results)
     record.import_session(session)
     rec = json.loads((results / "bench-nvidia-h200-2026-11-27.json").read_text())
-    heads = {(b["extra_info"]["variant"], b["extra_info"]["height"], b["extra_info"]["batch"]): b for b in rec["benchmarks"]}
+    heads = {(b["extra_info"]["variant"], b["extra_info"]["height"], b["extra_info"]["batch"]): b
+             for b in rec["benchmarks"] if b["extra_info"]["kind"] == "lift_head"}
     assert set(heads) == {("triton", 224, 1), ("eager", 224, 1), ("eager", 448, 32)}
+    pipeline = [b for b in rec["benchmarks"] if b["extra_info"]["kind"] == "pipeline"]
+    assert len(pipeline) == 1 and pipeline[0]["mean_s"] == 2e-3  # from the per-benchmark log of a stopped stage
+    assert "| torch bf16 | 500.0 |" in "\n".join(record.render_device(rec))
     assert heads[("triton", 224, 1)]["extra_info"]["device_ms"] == 0.081  # the JSON wins over the printed line
     printed = heads[("eager", 448, 32)]
     assert printed["extra_info"]["device_ms"] == 7.487 and printed["mean_s"] == pytest.approx(7.487e-3)

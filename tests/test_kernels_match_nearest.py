@@ -9,7 +9,7 @@ from kernel_utils import DEVICE, DTYPES, GPU  # sets TRITON_INTERPRET first
 
 from lift_rt import _C, matching
 from lift_rt import matching_reference as ref
-from lift_rt.kernels.match_nearest import column_splits, nearest_triton
+from lift_rt.kernels.match_nearest import column_splits, inverse_norms, nearest_triton
 from matching_utils import assert_topk_close, integer_inputs, randn
 
 # Similarities are in [-1, 1]; 16-bit operands round each product, the sum is fp32 on both sides.
@@ -98,3 +98,16 @@ def test_auto_hands_large_half_precision_problems_to_triton(monkeypatch):
     assert matching.cuda_impl() == "csrc"
     monkeypatch.setenv("LIFT_MATCH_CUDA", "triton")
     assert matching.cuda_impl(1, torch.float32) == "triton"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inverse_norms_match_torch(dtype):
+    x = randn(3, 70, 200, dtype=torch.float32, seed=8)[:, ::2, 5:135]  # strided rows, D = 130 (a partial 64-chunk)
+    x[0, 1] = float("nan")
+    x[1, 2] = 0.0
+    x[2, 3, 7] = float("inf")
+    x = x.to(dtype)
+    want = torch.linalg.vector_norm(x.float(), dim=-1).clamp_min(1e-12).reciprocal()
+    got = inverse_norms(x.to(DEVICE), 1e-12).cpu()
+    assert got[0, 1].isnan() and got[1, 2] == 1e12 and got[2, 3] == 0.0
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0, equal_nan=True)
