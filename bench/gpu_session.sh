@@ -62,7 +62,7 @@ cat "$OUT/machine.txt"
 stage build 150 $PY -m pip install --no-build-isolation --no-deps -e .
 $PY -c "from lift_rt import _C; print('lift_rt._C has_cuda:', _C.has_cuda())" 2>&1 | tee -a "$OUT/machine.txt"
 
-# 2. The matchers' correctness first (issue 4): the csrc tensor-core kernel has never run on a GPU.
+# 2. The matchers' correctness first (issue 4): kernels changed since the last GPU run are checked before timing.
 #    A stage is its own process, so a CUDA fault here cannot poison the stages after it.
 stage match_tests 75 bash -c "$PY -m pytest -q -rfEs --timeout 60 -p no:cacheprovider --durations=10 tests/test_matching.py -k cuda; \
   a=\$?; $PY -m pytest -q -rfEs --timeout 60 -p no:cacheprovider --durations=10 tests/test_kernels_match_nearest.py; b=\$?; exit \$((a | b))"

@@ -53,7 +53,7 @@ def run_mm(a, b):
     return a @ b.transpose(-1, -2)
 
 
-# csrc last: a CUDA fault in a kernel that never ran on a GPU before would stop the run, after the others.
+# csrc last: a CUDA fault there (a kernel changed since its last GPU run, say) would stop the run after the others.
 IMPLS = {"mm": run_mm, "mm_max": run_mm_max, "triton": run_matcher("triton"), "csrc": run_matcher("csrc")}
 MATCHERS = ("triton", "csrc")
 
