@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lift_rt.kernels.runtime import INTERPRET, configs
+from lift_rt.kernels.runtime import INTERPRET, autotune, configs
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Column splits are multiples of 256, so every
 # BLOCK_N here divides them and no program starts mid-tile.
@@ -33,7 +33,7 @@ SPLIT_ALIGN = 256
 
 
 # Tuned per size class, not per size: keypoint matching calls with a new N every time.
-@triton.autotune(configs=CONFIGS, key=["N_CLASS", "M_CLASS", "D", "NORMALIZE", "HAS_MASK"])
+@autotune(CONFIGS, key=["N_CLASS", "M_CLASS", "D", "NORMALIZE", "HAS_MASK"])
 @triton.jit
 def _nearest_kernel(
     src_ptr, tgt_ptr, mask_ptr, inv_src_ptr, inv_tgt_ptr, val_ptr, idx_ptr,

@@ -23,14 +23,14 @@ import triton
 import triton.language as tl
 
 from lift_rt.kernels.fold import FoldedUpConv
-from lift_rt.kernels.runtime import check_tensor, configs, dot_precision
+from lift_rt.kernels.runtime import autotune, check_tensor, configs, dot_precision
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); N = C/2 = 192 for ViT-S, 384 for ViT-B.
 CONFIGS = configs([(64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3), (128, 64, 64, 8, 3),
                    (32, 64, 64, 4, 4)])  # the last: more programs for batch 1 (3136 pixels at 224 px)
 
 
-@triton.autotune(configs=CONFIGS, key=["M", "C", "N", "IMG_C"])
+@autotune(CONFIGS, key=["M", "C", "N", "IMG_C"])
 @triton.jit
 def _up_conv_kernel(
     f_ptr, img2_ptr, img1_ptr, wx_ptr, wb_ptr, wimg_ptr, bias_ptr, y_ptr,
