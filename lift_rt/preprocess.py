@@ -55,6 +55,8 @@ def to_image_tensor(images: Any) -> torch.Tensor:
         tensor = images
     else:
         raise TypeError(f"images must be a torch tensor, numpy array or PIL image, not {type(images).__name__}")
+    if tensor.device.type == "meta":
+        raise ValueError("images are meta tensors (a shape without data); pass real pixel values")
     if tensor.dim() == 3:
         tensor = tensor.unsqueeze(0)
     if tensor.dim() != 4 or tensor.shape[1] != 3:

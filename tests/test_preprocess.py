@@ -36,6 +36,7 @@ def test_accepted_inputs_agree():
         (torch.rand(1, 3, 0, 0), ValueError, "no pixels"),
         (torch.rand(1, 3, 8, 0), ValueError, "no pixels"),
         (np.full((8, 8, 3), None, dtype=object), TypeError, "numpy object"),
+        (torch.empty(1, 3, 8, 8, device="meta"), ValueError, "meta tensors"),
     ],
 )
 def test_bad_inputs(images, error, match):
