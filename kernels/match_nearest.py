@@ -116,8 +116,13 @@ def column_splits(batch: int, n: int, m: int, device: torch.device) -> int:
     older rule (about two waves' worth of programs: 3 splits) made 294 programs for 264 slots, a
     second wave of 30; 5 splits make 490 programs, two nearly full waves.
     """
-    sms = 4 if INTERPRET or device.type != "cuda" else torch.cuda.get_device_properties(device).multi_processor_count
+    sms = 4 if INTERPRET or device.type != "cuda" else _multiprocessors(device.index)
     return _splits_for(max(1, batch * triton.cdiv(n, 128)), m, 2 * sms)
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index: Optional[int]) -> int:
+    return torch.cuda.get_device_properties(torch.device("cuda", index) if index is not None else "cuda").multi_processor_count
 
 
 def size_class(n: int) -> int:
