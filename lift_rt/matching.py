@@ -25,6 +25,8 @@ Conventions shared by every function here:
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import os
 from typing import Optional
@@ -99,6 +101,11 @@ _CUDA_IMPLS = ("auto", "csrc", "triton")
 TRITON_FROM_MACS = 2**35
 
 
+@functools.lru_cache(maxsize=1)
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def cuda_impl(macs: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> str:
     """Which CUDA kernel computes top-1 matches for a problem of ``macs`` multiply-adds (B x N x M x D):
     'csrc' (the C++ extension), 'triton' (:mod:`lift_rt.kernels.match_nearest`, a GEMM with a fused
@@ -112,7 +119,7 @@ def cuda_impl(macs: Optional[int] = None, dtype: Optional[torch.dtype] = None) -
         raise ValueError(f"LIFT_MATCH_CUDA must be one of {list(_CUDA_IMPLS)}, got {name!r}")
     if name == "auto":
         large = macs is not None and macs >= TRITON_FROM_MACS
-        return "triton" if large and dtype in (torch.float16, torch.bfloat16) else "csrc"
+        return "triton" if large and dtype in (torch.float16, torch.bfloat16) and _has_triton() else "csrc"
     return name
 
 

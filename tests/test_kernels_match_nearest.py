@@ -96,6 +96,8 @@ def test_auto_hands_large_half_precision_problems_to_triton(monkeypatch):
     assert matching.cuda_impl(big - 1, torch.bfloat16) == "csrc"
     assert matching.cuda_impl(1 << 40, torch.float32) == "csrc"  # fp32 stays on csrc (not timed on a GPU)
     assert matching.cuda_impl() == "csrc"
+    monkeypatch.setattr(matching, "_has_triton", lambda: False)  # a torch build without Triton keeps csrc
+    assert matching.cuda_impl(big, torch.bfloat16) == "csrc"
     monkeypatch.setenv("LIFT_MATCH_CUDA", "triton")
     assert matching.cuda_impl(1, torch.float32) == "triton"
 
