@@ -188,8 +188,8 @@ def nearest_triton(src: torch.Tensor, tgt: torch.Tensor, mask: Optional[torch.Te
     batch, n, d = src.shape
     m = tgt.shape[1]
     splits = splits or column_splits(batch, n, m, src.device)
-    cols_per_split = triton.cdiv(triton.cdiv(m, splits), SPLIT_ALIGN) * SPLIT_ALIGN
-    splits = triton.cdiv(m, cols_per_split)
+    cols_per_split = max(SPLIT_ALIGN, triton.cdiv(triton.cdiv(m, splits), SPLIT_ALIGN) * SPLIT_ALIGN)
+    splits = max(1, triton.cdiv(m, cols_per_split))  # M = 0: one split that finds nothing
     part_val = torch.empty(batch, n, splits, dtype=torch.float32, device=src.device)
     part_idx = torch.empty(batch, n, splits, dtype=torch.int32, device=src.device)
     inv_src = inverse_norms(src, eps) if normalize else part_val

@@ -113,3 +113,11 @@ def test_inverse_norms_match_torch(dtype):
     got = inverse_norms(x.to(DEVICE), 1e-12).cpu()
     assert got[0, 1].isnan() and got[1, 2] == 1e12 and got[2, 3] == 0.0
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0, equal_nan=True)
+
+
+def test_empty_sides():
+    """No targets: every row reports no candidate (the public API rejects this earlier); no sources: empty outputs."""
+    index, sim = nearest_triton(randn(2, 3, 8, device=DEVICE), randn(2, 0, 8, device=DEVICE))
+    assert (index == -1).all() and (sim == float("-inf")).all() and index.shape == (2, 3)
+    index, sim = nearest_triton(randn(2, 0, 8, device=DEVICE), randn(2, 5, 8, device=DEVICE))
+    assert index.shape == sim.shape == (2, 0)
