@@ -101,7 +101,7 @@ def case(n: int, d: int, dtype: torch.dtype) -> dict:
     a = torch.randn(1, n, d, device="cuda", generator=g).to(dtype)
     b = torch.randn(1, n, d, device="cuda", generator=g).to(dtype)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    row = {"n": n, "d": d, "dtype": str(dtype).removeprefix("torch."), "time_ms": {}, "graph_ms": {}, "peak_extra_mb": {},
+    row = {"n": n, "d": d, "dtype": str(dtype).removeprefix("torch."), "time_ms": {}, "graph_ms": {}, "graph_errors": {}, "peak_extra_mb": {},
            "max_sim_gap": {}, "tolerance": tol, "parity_ok": {}, "errors": {}}
     for impl, fn in IMPLS.items():
         try:
@@ -117,7 +117,7 @@ def case(n: int, d: int, dtype: torch.dtype) -> dict:
         try:
             row["graph_ms"][impl] = graph_replay_ms(fn, a, b)
         except Exception as exc:  # noqa: BLE001 - a path that cannot be captured is recorded, not fatal
-            row["errors"][f"{impl} (graph)"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            row["graph_errors"][impl] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
     row["tflops_mm"] = 2 * n * n * d / row["time_ms"]["mm"] / 1e9 if "mm" in row["time_ms"] else None
     return row
 

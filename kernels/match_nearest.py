@@ -30,6 +30,7 @@ from lift_rt.kernels.runtime import INTERPRET, autotune, configs
 # The last: fewer registers, for IEEE fp32 (the larger tiles spill there).
 CONFIGS = configs([(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 4), (64, 64, 32, 4, 3)])
 SPLIT_ALIGN = 256
+MAX_GRID_Z = 65535
 
 
 # Tuned per size class, not per size: keypoint matching calls with a new N every time.
@@ -197,12 +198,14 @@ def nearest_triton(src: torch.Tensor, tgt: torch.Tensor, mask: Optional[torch.Te
     mask_u8 = mask.view(torch.uint8) if mask is not None else part_idx
     mask_strides = mask.stride() if mask is not None else (0, 0)
 
-    def grid(meta):
-        return (triton.cdiv(n, meta["BLOCK_M"]), splits, batch)
-
-    if batch * n > 0:
-        _nearest_kernel[grid](
-            src, tgt, mask_u8, inv_src, inv_tgt, part_val, part_idx,
+    if n == 0:
+        return merge_splits(part_val, part_idx)
+    for start in range(0, batch, MAX_GRID_Z):  # the batch is grid axis z, at most 65535 per launch
+        chunk = slice(start, min(batch, start + MAX_GRID_Z))
+        items = chunk.stop - chunk.start
+        _nearest_kernel[lambda meta, items=items: (triton.cdiv(n, meta["BLOCK_M"]), splits, items)](
+            src[chunk], tgt[chunk], mask_u8[chunk] if mask is not None else mask_u8,
+            inv_src[chunk], inv_tgt[chunk], part_val[chunk], part_idx[chunk],
             n, m, d, cols_per_split, splits, size_class(n), size_class(m),
             *src.stride(), *tgt.stride(), *mask_strides,
             NORMALIZE=normalize, HAS_MASK=mask is not None,

@@ -106,11 +106,19 @@ def _has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def cuda_impl(macs: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> str:
+@functools.lru_cache(maxsize=None)
+def _ampere_or_newer(index: Optional[int]) -> bool:
+    return torch.cuda.get_device_capability(index) >= (8, 0)  # bf16 tensor-core dots need sm_80
+
+
+def cuda_impl(macs: Optional[int] = None, dtype: Optional[torch.dtype] = None,
+              device: Optional[torch.device] = None) -> str:
     """Which CUDA kernel computes top-1 matches for a problem of ``macs`` multiply-adds (B x N x M x D):
     'csrc' (the C++ extension), 'triton' (:mod:`lift_rt.kernels.match_nearest`, a GEMM with a fused
-    argmax), or by default ('auto') Triton for fp16/bf16 from :data:`TRITON_FROM_MACS` up and csrc
-    otherwise (fp32 was not timed on a GPU). ``LIFT_MATCH_CUDA=auto|csrc|triton`` sets it.
+    argmax), or by default ('auto') Triton for fp16/bf16 from :data:`TRITON_FROM_MACS` up, where
+    Triton is installed and ``device`` is sm_80 or newer, and csrc otherwise (fp32 was not timed
+    on a GPU). ``LIFT_MATCH_CUDA=auto|csrc|triton`` sets it. The Triton kernel autotunes on its
+    first call per size class: warm it up before capturing a CUDA graph around it.
 
     Top-k with k > 1 and soft-argmax always run in the C++ extension.
     """
@@ -119,7 +127,8 @@ def cuda_impl(macs: Optional[int] = None, dtype: Optional[torch.dtype] = None) -
         raise ValueError(f"LIFT_MATCH_CUDA must be one of {list(_CUDA_IMPLS)}, got {name!r}")
     if name == "auto":
         large = macs is not None and macs >= TRITON_FROM_MACS
-        return "triton" if large and dtype in (torch.float16, torch.bfloat16) and _has_triton() else "csrc"
+        capable = _has_triton() and (device is None or device.type != "cuda" or _ampere_or_newer(device.index))
+        return "triton" if large and dtype in (torch.float16, torch.bfloat16) and capable else "csrc"
     return name
 
 
@@ -146,7 +155,7 @@ def _match_topk(src: Tensor, tgt: Tensor, mask: Optional[Tensor], k: int, normal
             index.data_ptr(), sim.data_ptr())
     if src.device.type == "cpu":
         _C.topk_cpu(*args, torch.get_num_threads(), _ISA_NAMES[cpu_isa()], _SCREEN_MODES[cpu_screen()], cpu_vnni())
-    elif k == 1 and cuda_impl(b * n * m * d, src.dtype) == "triton":
+    elif k == 1 and cuda_impl(b * n * m * d, src.dtype, src.device) == "triton":
         from lift_rt.kernels.match_nearest import nearest_triton
 
         with torch.cuda.device(src.device):

@@ -87,7 +87,7 @@ def test_import_session_keeps_what_a_stopped_stage_printed(session, tmp_path, mo
             "stats": {"mean": 2e-3, "stddev": 1e-5, "rounds": 20},
             "extra_info": {"kind": "pipeline", "backend": "torch", "precision": "bf16", "size": 224, "batch": 1,
                            "gflops": 47.6, "images_per_s": 500.0}}
-    (work / "pipeline-bench.jsonl").write_text(json.dumps(line) + "\n")
+    (work / "pipeline-bench.jsonl").write_text(json.dumps(line) + "\n" + json.dumps(line)[:40])  # killed mid-line
     (session / "session.tgz").unlink()
     with tarfile.open(session / "session.tgz", "w:gz") as archive:
         archive.add(work, arcname=".")
@@ -107,5 +107,6 @@ def test_import_session_keeps_what_a_stopped_stage_printed(session, tmp_path, mo
     assert printed["extra_info"]["device_ms"] == 7.487 and printed["mean_s"] == pytest.approx(7.487e-3)
     assert printed["extra_info"]["dtype"] == "torch.float32" and printed["extra_info"]["rel_err_vs_eager_fp32"] == 3.8e-4
     summary = (results / "gpu-session-nvidia-h200-2026-11-27.txt").read_text()
-    assert "pipeline.json: empty or cut off" in summary
+    assert "pipeline.json: empty or cut off" in summary and "pipeline-bench.jsonl: a cut-off line skipped" in summary
+    assert "test_lift_head_gpu[eager_fp32-448-32]" in {b["name"] for b in rec["benchmarks"]}  # pytest's own id
     assert "backbone dino_s8, batch 64, imsize 448): 4 steps, median 575 images/s, slowest step 26 images/s" in summary

@@ -96,6 +96,9 @@ def test_auto_hands_large_half_precision_problems_to_triton(monkeypatch):
     assert matching.cuda_impl(big - 1, torch.bfloat16) == "csrc"
     assert matching.cuda_impl(1 << 40, torch.float32) == "csrc"  # fp32 stays on csrc (not timed on a GPU)
     assert matching.cuda_impl() == "csrc"
+    monkeypatch.setattr(matching, "_ampere_or_newer", lambda index: False)  # pre-sm_80 GPUs keep csrc
+    assert matching.cuda_impl(big, torch.bfloat16, torch.device("cuda", 0)) == "csrc"
+    assert matching.cuda_impl(big, torch.bfloat16, torch.device("cpu")) == "triton"
     monkeypatch.setattr(matching, "_has_triton", lambda: False)  # a torch build without Triton keeps csrc
     assert matching.cuda_impl(big, torch.bfloat16) == "csrc"
     monkeypatch.setenv("LIFT_MATCH_CUDA", "triton")
@@ -121,3 +124,16 @@ def test_empty_sides():
     assert (index == -1).all() and (sim == float("-inf")).all() and index.shape == (2, 3)
     index, sim = nearest_triton(randn(2, 0, 8, device=DEVICE), randn(2, 5, 8, device=DEVICE))
     assert index.shape == sim.shape == (2, 0)
+
+
+def test_batches_beyond_the_grid_limit_run_in_chunks(monkeypatch):
+    """The batch is the launch's grid axis z (at most 65535): larger batches go in chunks (limit lowered here)."""
+    from lift_rt.kernels import match_nearest
+
+    monkeypatch.setattr(match_nearest, "MAX_GRID_Z", 2)
+    src, tgt = randn(5, 9, 16, device=DEVICE, seed=11), randn(5, 300, 16, device=DEVICE, seed=12)
+    mask = (torch.rand(5, 300, generator=torch.Generator().manual_seed(1)) > 0.3).to(DEVICE)
+    index, sim = nearest_triton(src, tgt, mask, splits=2)
+    ref_index, ref_sim = ref.nearest_reference(src.cpu(), tgt.cpu(), mask=mask.cpu())
+    assert torch.equal(index.cpu(), ref_index)
+    torch.testing.assert_close(sim.cpu(), ref_sim, atol=1e-5, rtol=0)

@@ -209,7 +209,8 @@ class Trainer:
         self.close()
 
     def close(self) -> None:
-        """Leave the process group this trainer joined (nothing when ``env`` was given)."""
+        """Stop the loader's workers; leave the process group this trainer joined (not when ``env`` was given)."""
+        self.loader = None  # persistent workers end with their loader
         if self.owns_env:
             self.env.teardown()
 
