@@ -175,6 +175,9 @@ def main() -> None:
                 out.write_text(json.dumps(result, indent=2))
                 print(markdown(result["rows"][-1:]).splitlines()[-1], flush=True)
     print(f"\n{device}, commit {result['commit']}, {date}\n\n{markdown(result['rows'])}\n\nsaved {out}")
+    for r in result["rows"]:
+        for impl, error in r.get("graph_errors", {}).items():
+            print(f"note: N={r['n']} D={r['d']} {r['dtype']}: {impl} could not be captured in a CUDA graph: {error}")
     problems = [f"N={r['n']} D={r['d']} {r['dtype']}: {p}" for r in result["rows"] for p in row_problems(r)]
     if problems:
         raise SystemExit("matchers that failed or missed the reference:\n" + "\n".join(problems))
