@@ -70,8 +70,9 @@ stage match_tests 75 bash -c "$PY -m pytest -q -rfEs --timeout 60 -p no:cachepro
 # 3. Matchers against cuBLAS (issue 4's target: <= 1.2x the GEMM, no N x M allocation).
 stage matcher 120 $PY bench/matching_cuda_table.py --out "$WORK" ${LIFT_GPU_MATCHER_ARGS:-}
 
-# 4. The LiFT head alone, every variant but torch.compile (issue 6's targets), then the pipeline.
-stage head 90 $PY -m pytest bench/test_bench_lift_head.py --benchmark-only -s -q -k "${LIFT_GPU_HEAD_K:-gpu and not compile}" \
+# 4. The LiFT head alone, every variant but torch.compile (issue 6's targets; the Triton kernels in both
+#    loop forms, their autotuning choices printed to the log), then the pipeline.
+stage head 170 env TRITON_PRINT_AUTOTUNING=1 $PY -m pytest bench/test_bench_lift_head.py --benchmark-only -s -q -k "${LIFT_GPU_HEAD_K:-gpu and not compile}" \
   -p no:cacheprovider --benchmark-json="$WORK/lift_head.json"
 stage pipeline 45 $PY -m pytest bench/test_bench_pipeline.py --benchmark-only -q -p no:cacheprovider \
   -k "(224px-b1 or 224px-b8) and torch" --benchmark-json="$WORK/pipeline.json"

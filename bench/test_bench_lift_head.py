@@ -2,9 +2,11 @@
 
 GPU cases (skipped without CUDA): 224 and 448 px, batch 1 and 32, for eager fp32,
 eager bf16, torch.compile bf16 (mode max-autotune, CUDA graphs included) and the
-Triton kernels in bf16 (replayed as a CUDA graph, as the triton backend does
-for small batches). Each case prints and records its byte and FLOP floor on an
-H100, and its relative error against eager fp32 (checked after the timing). CPU cases (eager and torch.compile fp32 at 56 px) keep the file useful on CI.
+Triton kernels in bf16 in both loop forms ("triton": nested, "tritonflat": flat),
+replayed as a CUDA graph as the triton backend does for small batches. Each case
+prints and records its byte and FLOP floor on an H100, and its relative error
+against eager fp32 (checked after the timing). CPU cases (eager and
+torch.compile fp32 at 56 px) keep the file useful on CI.
 
     pytest bench/test_bench_lift_head.py --benchmark-only -s \
         --benchmark-json=bench/results/lift_head_<device>_<date>.json
@@ -100,7 +102,7 @@ def relative_error_vs_fp32(lift: LiFT, image: torch.Tensor, feats: torch.Tensor,
 
 
 def runner(variant: str, lift: LiFT, image: torch.Tensor, feats: torch.Tensor) -> Callable[[], object]:
-    if variant == "triton":
+    if variant.startswith("triton"):
         from lift_rt.kernels.fold import fold_lift
         from lift_rt.kernels.lift_head import TritonLiFT
 
@@ -143,15 +145,22 @@ def run_case(benchmark, variant: str, height: int, batch: int, device: str, dtyp
     assert rel <= PARITY_TOLERANCE[(device, dtype)], (variant, rel)  # after the timing, so a miss keeps its numbers
 
 
-GPU_VARIANTS = [("eager_fp32", torch.float32), ("eager_bf16", torch.bfloat16), ("compile_bf16", torch.bfloat16), ("triton_bf16", torch.bfloat16)]
+GPU_VARIANTS = [("eager_fp32", torch.float32), ("eager_bf16", torch.bfloat16), ("compile_bf16", torch.bfloat16), ("triton_bf16", torch.bfloat16),
+                ("tritonflat_bf16", torch.bfloat16)]
+# The Triton kernels' loop form per variant (LIFT_TRITON_LOOP, lift_rt.kernels.runtime.flat_loops): "tritonflat" is the
+# candidate form, timed beside the default until one of them is dropped.
+TRITON_LOOP = {"triton": "nested", "tritonflat": "flat"}
 
 
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU (the Triton kernels and the targets are GPU-only)")
 @pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("height", [224, 448])
 @pytest.mark.parametrize("variant, dtype", GPU_VARIANTS, ids=[v for v, _ in GPU_VARIANTS])
-def test_lift_head_gpu(benchmark, variant, dtype, height, batch):
-    run_case(benchmark, variant.split("_")[0], height, batch, "cuda", dtype, rounds=50)
+def test_lift_head_gpu(benchmark, monkeypatch, variant, dtype, height, batch):
+    variant = variant.split("_")[0]
+    if variant in TRITON_LOOP:
+        monkeypatch.setenv("LIFT_TRITON_LOOP", TRITON_LOOP[variant])
+    run_case(benchmark, variant, height, batch, "cuda", dtype, rounds=50)
 
 
 @pytest.mark.parametrize("variant", ["eager", "compile"])

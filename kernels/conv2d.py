@@ -14,20 +14,38 @@ import torch
 import triton
 import triton.language as tl
 
-from lift_rt.kernels.runtime import autotune, check_tensor, configs, dot_precision
+from lift_rt.kernels.runtime import autotune, check_tensor, configs, dot_precision, flat_loops
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); N = C/2 = 192 for ViT-S, 384 for ViT-B.
 CONFIGS = configs([(64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3), (128, 64, 64, 8, 3),
                    (32, 64, 64, 4, 4)])  # the last: more programs for batch 1 (3136 pixels at 224 px)
 
 
-@autotune(CONFIGS, key=["M", "CIN", "COUT", "KSIZE", "STRIDE"])
+@triton.jit
+def _tap_slice(
+    acc, x_ptr, w_ptr, bi, oy, ox, m_ok, offs_n, n_ok, offs_k, tap, k0,
+    H, W, CIN, COUT, sxb, sxh, sxw, sxc,
+    KSIZE: tl.constexpr, STRIDE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """``acc += x[tap, k0 : k0 + BLOCK_K] @ w[tap, k0 : k0 + BLOCK_K]`` for one tap and channel slice."""
+    iy = oy * STRIDE + tap // KSIZE - KSIZE // 2
+    ix = ox * STRIDE + tap % KSIZE - KSIZE // 2
+    ok = m_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+    base = bi.to(tl.int64) * sxb + iy.to(tl.int64) * sxh + ix.to(tl.int64) * sxw
+    k = k0 + offs_k
+    k_ok = k < CIN
+    w = tl.load(w_ptr + (tap * CIN + k)[:, None] * COUT + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+    a = tl.load(x_ptr + base[:, None] + k[None, :] * sxc, mask=ok[:, None] & k_ok[None, :], other=0.0)
+    return tl.dot(a.to(w.dtype), w, acc, input_precision=DOT_PRECISION)
+
+
+@autotune(CONFIGS, key=["M", "CIN", "COUT", "KSIZE", "STRIDE", "FLAT"])
 @triton.jit
 def _conv2d_nhwc_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     M, H, W, HO, WO, CIN, COUT,
     sxb, sxh, sxw, sxc,
-    KSIZE: tl.constexpr, STRIDE: tl.constexpr, RELU: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    KSIZE: tl.constexpr, STRIDE: tl.constexpr, RELU: tl.constexpr, DOT_PRECISION: tl.constexpr, FLAT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -42,17 +60,17 @@ def _conv2d_nhwc_kernel(
     oy = rem // WO
     ox = rem % WO
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for tap in tl.static_range(KSIZE * KSIZE):
-        iy = oy * STRIDE + tap // KSIZE - KSIZE // 2
-        ix = ox * STRIDE + tap % KSIZE - KSIZE // 2
-        ok = m_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-        base = bi.to(tl.int64) * sxb + iy.to(tl.int64) * sxh + ix.to(tl.int64) * sxw
-        for k0 in range(0, CIN, BLOCK_K):
-            k = k0 + offs_k
-            k_ok = k < CIN
-            w = tl.load(w_ptr + (tap * CIN + k)[:, None] * COUT + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            a = tl.load(x_ptr + base[:, None] + k[None, :] * sxc, mask=ok[:, None] & k_ok[None, :], other=0.0)
-            acc = tl.dot(a.to(w.dtype), w, acc, input_precision=DOT_PRECISION)
+    if FLAT:  # one pipelined loop over (tap, channel slice) steps
+        slices = tl.cdiv(CIN, BLOCK_K)
+        for step in range(KSIZE * KSIZE * slices):
+            tap = step // slices
+            acc = _tap_slice(acc, x_ptr, w_ptr, bi, oy, ox, m_ok, offs_n, n_ok, offs_k, tap, (step - tap * slices) * BLOCK_K,
+                             H, W, CIN, COUT, sxb, sxh, sxw, sxc, KSIZE, STRIDE, DOT_PRECISION)
+    else:  # static taps, a channel loop inside each
+        for tap in tl.static_range(KSIZE * KSIZE):
+            for k0 in range(0, CIN, BLOCK_K):
+                acc = _tap_slice(acc, x_ptr, w_ptr, bi, oy, ox, m_ok, offs_n, n_ok, offs_k, tap, k0,
+                                 H, W, CIN, COUT, sxb, sxh, sxw, sxc, KSIZE, STRIDE, DOT_PRECISION)
     acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
@@ -91,6 +109,6 @@ def conv2d_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, st
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cout, meta["BLOCK_N"]))
     _conv2d_nhwc_kernel[grid](
         x, weight, bias, y, m, h, w, ho, wo, cin, cout, *x.stride(),
-        KSIZE=ksize, STRIDE=stride, RELU=relu, DOT_PRECISION=dot_precision(weight.dtype),
+        KSIZE=ksize, STRIDE=stride, RELU=relu, DOT_PRECISION=dot_precision(weight.dtype), FLAT=flat_loops(),
     )
     return y

@@ -48,6 +48,23 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
 
 
+LOOP_FORMS = ("nested", "flat")
+
+
+def flat_loops() -> bool:
+    """Loop form of the LiFT conv kernels, from ``LIFT_TRITON_LOOP`` (read at each call).
+
+    ``nested`` (default, timed on the H100 2026-11-26): static taps, a short channel loop inside
+    each, so the software pipeline fills and drains once per tap. ``flat``: one pipelined loop
+    over (tap, channel slice) steps, the form that made the matcher faster there; not yet timed
+    for the convs. Both sum the same products in fp32 (the order may differ).
+    """
+    form = os.environ.get("LIFT_TRITON_LOOP", "nested")
+    if form not in LOOP_FORMS:
+        raise ValueError(f"LIFT_TRITON_LOOP must be one of {LOOP_FORMS}, got {form!r}")
+    return form == "flat"
+
+
 def check_tensor(name: str, t: torch.Tensor, ndim: int, device: torch.device) -> None:
     """Raise a clear error for a wrong rank, a non-float dtype or another device."""
     if not isinstance(t, torch.Tensor):

@@ -23,20 +23,66 @@ import triton
 import triton.language as tl
 
 from lift_rt.kernels.fold import FoldedUpConv
-from lift_rt.kernels.runtime import autotune, check_tensor, configs, dot_precision
+from lift_rt.kernels.runtime import autotune, check_tensor, configs, dot_precision, flat_loops
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); N = C/2 = 192 for ViT-S, 384 for ViT-B.
 CONFIGS = configs([(64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3), (128, 64, 64, 8, 3),
                    (32, 64, 64, 4, 4)])  # the last: more programs for batch 1 (3136 pixels at 224 px)
 
 
-@autotune(CONFIGS, key=["M", "C", "N", "IMG_C"])
+@triton.jit
+def _coarse_ok(bi, ci0, cj0, m_ok, pa, pb, off, HC, WC, sfb, sfh, sfw):
+    """Coarse pixel ``off`` (0..3) of each output pixel: in-grid mask, its feats offset and its NHWC pixel index."""
+    ci = ci0 + pa - 1 + off // 2
+    cj = cj0 + pb - 1 + off % 2
+    ok = m_ok & (ci >= 0) & (ci < HC) & (cj >= 0) & (cj < WC)
+    return ok, bi.to(tl.int64) * sfb + ci.to(tl.int64) * sfh + cj.to(tl.int64) * sfw, (bi.to(tl.int64) * HC + ci) * WC + cj
+
+
+@triton.jit
+def _feats_slice(acc, f_ptr, wx_ptr, bi, ci0, cj0, m_ok, pa, pb, parity, off, k0, offs_k, offs_n, n_ok,
+                 HC, WC, C, N, KX, sfb, sfh, sfw, sfc, DOT_PRECISION: tl.constexpr):
+    """``acc +=`` channels ``k0 : k0 + BLOCK_K`` of coarse pixel ``off``'s features through parity ``(pa, pb)``'s weights."""
+    ok, base, _ = _coarse_ok(bi, ci0, cj0, m_ok, pa, pb, off, HC, WC, sfb, sfh, sfw)
+    k = k0 + offs_k
+    k_ok = k < C
+    w = tl.load(wx_ptr + ((parity * 4 + off) * KX + k)[:, None] * N + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+    a = tl.load(f_ptr + base[:, None] + k[None, :] * sfc, mask=ok[:, None] & k_ok[None, :], other=0.0)
+    return tl.dot(a.to(w.dtype), w, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _img2_tap(acc, img2_ptr, wx_ptr, bi, ci0, cj0, m_ok, pa, pb, parity, off, offs_n, n_ok,
+              HC, WC, C, N, KX, sfb, sfh, sfw, IMG_C: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``acc +=`` coarse pixel ``off``'s ``img2`` channels (the rows after the features' in ``wx``)."""
+    ok, _, pix2 = _coarse_ok(bi, ci0, cj0, m_ok, pa, pb, off, HC, WC, sfb, sfh, sfw)
+    kc = tl.arange(0, IMG_C)
+    w2 = tl.load(wx_ptr + ((parity * 4 + off) * KX + C + kc)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0.0)
+    a2 = tl.load(img2_ptr + pix2[:, None] * IMG_C + kc[None, :], mask=ok[:, None], other=0.0)
+    return tl.dot(a2.to(w2.dtype), w2, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _img1_tap(acc, img1_ptr, wimg_ptr, bi, oy, ox, m_ok, tap, offs_n, n_ok, HF, WF, N,
+              IMG_C: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``acc +=`` 3x3 tap ``tap`` of ``img1`` on the fine grid."""
+    iy = oy + tap // 3 - 1
+    ix = ox + tap % 3 - 1
+    ok = m_ok & (iy >= 0) & (iy < HF) & (ix >= 0) & (ix < WF)
+    kc = tl.arange(0, IMG_C)
+    w1 = tl.load(wimg_ptr + (tap * IMG_C + kc)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0.0)
+    pix1 = (bi.to(tl.int64) * HF + iy) * WF + ix
+    a1 = tl.load(img1_ptr + pix1[:, None] * IMG_C + kc[None, :], mask=ok[:, None], other=0.0)
+    return tl.dot(a1.to(w1.dtype), w1, acc, input_precision=DOT_PRECISION)
+
+
+@autotune(CONFIGS, key=["M", "C", "N", "IMG_C", "FLAT"])
 @triton.jit
 def _up_conv_kernel(
     f_ptr, img2_ptr, img1_ptr, wx_ptr, wb_ptr, wimg_ptr, bias_ptr, y_ptr,
     M, HC, WC, C, N,
     sfb, sfh, sfw, sfc,
-    IMG_C: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    IMG_C: tl.constexpr, DOT_PRECISION: tl.constexpr, FLAT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -53,41 +99,38 @@ def _up_conv_kernel(
     ci0 = rem // WC
     cj0 = rem % WC
     KX = C + IMG_C
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for off in tl.static_range(4):
-        ci = ci0 + pa - 1 + off // 2
-        cj = cj0 + pb - 1 + off % 2
-        ok = m_ok & (ci >= 0) & (ci < HC) & (cj >= 0) & (cj < WC)
-        wrow = (parity * 4 + off) * KX
-        base = bi.to(tl.int64) * sfb + ci.to(tl.int64) * sfh + cj.to(tl.int64) * sfw
-        for k0 in range(0, C, BLOCK_K):
-            k = k0 + offs_k
-            k_ok = k < C
-            w = tl.load(wx_ptr + (wrow + k)[:, None] * N + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            a = tl.load(f_ptr + base[:, None] + k[None, :] * sfc, mask=ok[:, None] & k_ok[None, :], other=0.0)
-            acc = tl.dot(a.to(w.dtype), w, acc, input_precision=DOT_PRECISION)
-        if IMG_C > 0:
-            kc = tl.arange(0, IMG_C)
-            w2 = tl.load(wx_ptr + (wrow + C + kc)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0.0)
-            pix2 = (bi.to(tl.int64) * HC + ci) * WC + cj
-            a2 = tl.load(img2_ptr + pix2[:, None] * IMG_C + kc[None, :], mask=ok[:, None], other=0.0)
-            acc = tl.dot(a2.to(w2.dtype), w2, acc, input_precision=DOT_PRECISION)
-        wb = tl.load(wb_ptr + (parity * 4 + off) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        acc += tl.where(ok[:, None], wb[None, :], 0.0)
     HF = 2 * HC
     WF = 2 * WC
     oy = 2 * ci0 + pa
     ox = 2 * cj0 + pb
-    if IMG_C > 0:
-        kc = tl.arange(0, IMG_C)
-        for tap in tl.static_range(9):
-            iy = oy + tap // 3 - 1
-            ix = ox + tap % 3 - 1
-            ok = m_ok & (iy >= 0) & (iy < HF) & (ix >= 0) & (ix < WF)
-            w1 = tl.load(wimg_ptr + (tap * IMG_C + kc)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0.0)
-            pix1 = (bi.to(tl.int64) * HF + iy) * WF + ix
-            a1 = tl.load(img1_ptr + pix1[:, None] * IMG_C + kc[None, :], mask=ok[:, None], other=0.0)
-            acc = tl.dot(a1.to(w1.dtype), w1, acc, input_precision=DOT_PRECISION)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if FLAT:  # one pipelined loop per operand kind: (coarse pixel, channel slice) steps, then img2, then img1 taps
+        slices = tl.cdiv(C, BLOCK_K)
+        for step in range(4 * slices):
+            off = step // slices
+            acc = _feats_slice(acc, f_ptr, wx_ptr, bi, ci0, cj0, m_ok, pa, pb, parity, off, (step - off * slices) * BLOCK_K,
+                               offs_k, offs_n, n_ok, HC, WC, C, N, KX, sfb, sfh, sfw, sfc, DOT_PRECISION)
+        if IMG_C > 0:
+            for off in range(4):
+                acc = _img2_tap(acc, img2_ptr, wx_ptr, bi, ci0, cj0, m_ok, pa, pb, parity, off, offs_n, n_ok,
+                                HC, WC, C, N, KX, sfb, sfh, sfw, IMG_C, DOT_PRECISION)
+            for tap in range(9):
+                acc = _img1_tap(acc, img1_ptr, wimg_ptr, bi, oy, ox, m_ok, tap, offs_n, n_ok, HF, WF, N, IMG_C, DOT_PRECISION)
+    else:  # static coarse pixels and taps, a channel loop inside each
+        for off in tl.static_range(4):
+            for k0 in range(0, C, BLOCK_K):
+                acc = _feats_slice(acc, f_ptr, wx_ptr, bi, ci0, cj0, m_ok, pa, pb, parity, off, k0,
+                                   offs_k, offs_n, n_ok, HC, WC, C, N, KX, sfb, sfh, sfw, sfc, DOT_PRECISION)
+            if IMG_C > 0:
+                acc = _img2_tap(acc, img2_ptr, wx_ptr, bi, ci0, cj0, m_ok, pa, pb, parity, off, offs_n, n_ok,
+                                HC, WC, C, N, KX, sfb, sfh, sfw, IMG_C, DOT_PRECISION)
+        if IMG_C > 0:
+            for tap in tl.static_range(9):
+                acc = _img1_tap(acc, img1_ptr, wimg_ptr, bi, oy, ox, m_ok, tap, offs_n, n_ok, HF, WF, N, IMG_C, DOT_PRECISION)
+    for off in tl.static_range(4):  # the transposed conv's bias, a virtual all-ones channel inside the coarse grid
+        ok, _, _ = _coarse_ok(bi, ci0, cj0, m_ok, pa, pb, off, HC, WC, sfb, sfh, sfw)
+        wb = tl.load(wb_ptr + (parity * 4 + off) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        acc += tl.where(ok[:, None], wb[None, :], 0.0)
     acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     acc = tl.maximum(acc, 0.0)
     out_pix = (bi.to(tl.int64) * HF + oy) * WF + ox
@@ -130,6 +173,6 @@ def up_conv(feats: torch.Tensor, img2: torch.Tensor | None, img1: torch.Tensor |
     _up_conv_kernel[grid](
         feats, img2, img1, weights.wx, weights.wb, weights.wimg, weights.bias, y,
         m, hc, wc, c, n, *feats.stride(),
-        IMG_C=img_c, DOT_PRECISION=dot_precision(weights.wx.dtype),
+        IMG_C=img_c, DOT_PRECISION=dot_precision(weights.wx.dtype), FLAT=flat_loops(),
     )
     return y

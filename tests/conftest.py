@@ -34,3 +34,10 @@ def cli_error(capsys):
         return err
 
     return run
+
+
+@pytest.fixture(params=["nested", "flat"])
+def loop_form(request, monkeypatch) -> str:
+    """Run a conv kernel test with each loop form (``LIFT_TRITON_LOOP``, lift_rt.kernels.runtime.flat_loops)."""
+    monkeypatch.setenv("LIFT_TRITON_LOOP", request.param)
+    return request.param

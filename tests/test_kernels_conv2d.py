@@ -20,10 +20,12 @@ def conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
 
 
 # (batch, cin, cout, H, W, kernel, stride): the image branch's first layer (Cin = 3, stride 2),
-# a stride-1 3x3, the 1x1 head; odd sizes, channel counts off the block sizes.
+# a stride-1 3x3, the 1x1 head; odd sizes, channel counts off the block sizes (40: two channel
+# slices per tap, the second partial).
 CASES = [
     (1, 3, 32, 9, 11, 3, 2),
     (5, 24, 16, 5, 7, 3, 1),
+    (2, 40, 24, 4, 5, 3, 1),
     (5, 16, 40, 5, 7, 1, 1),
 ]
 if GPU:
@@ -32,7 +34,7 @@ if GPU:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}_c{}-{}_{}x{}_k{}s{}".format(*c))
-def test_conv2d_matches_reference(case, dtype):
+def test_conv2d_matches_reference(case, dtype, loop_form):
     b, cin, cout, h, w, k, stride = case
     torch.manual_seed(0)
     x = torch.randn(b, cin, h, w).to(DEVICE, dtype)  # NCHW memory, read through strides
@@ -71,3 +73,10 @@ def test_conv2d_rejects_bad_inputs(x_shape, w_shape, b_shape, stride, dtype, mat
     x = torch.ones(x_shape, device=DEVICE).to(dtype)
     with pytest.raises((ValueError, TypeError), match=match):
         conv2d_nhwc(x, torch.ones(w_shape, device=DEVICE), torch.ones(b_shape, device=DEVICE), stride=stride)
+
+
+def test_loop_form_is_checked(monkeypatch):
+    monkeypatch.setenv("LIFT_TRITON_LOOP", "unrolled")
+    x = torch.ones(1, 5, 5, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="LIFT_TRITON_LOOP must be one of"):
+        conv2d_nhwc(x, torch.ones(9, 8, 8, device=DEVICE), torch.ones(8, device=DEVICE))

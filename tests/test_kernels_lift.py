@@ -36,7 +36,7 @@ if GPU:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}_c{}_p{}_{}x{}_img{}".format(*c))
-def test_triton_lift_matches_model(case, dtype):
+def test_triton_lift_matches_model(case, dtype, loop_form):
     b, c, p, h, w, use_image = case
     lift = random_lift(c, p, use_image)
     head = TritonLiFT(fold_lift(lift, dtype, DEVICE))

@@ -22,8 +22,9 @@ def up_conv_reference(lift: LiFT, x: torch.Tensor, img1: torch.Tensor | None) ->
     return relu(bn(conv(u)))
 
 
-# (batch, C, h, w, use_image): odd grids, batch 1 and 5, C off the block sizes, the 'No Img.' variant.
-CASES = [(1, 16, 5, 7, True), (5, 24, 3, 4, True), (2, 16, 4, 3, False)]
+# (batch, C, h, w, use_image): odd grids, batch 1 and 5, C off the block sizes (40: two channel
+# slices), the 'No Img.' variant.
+CASES = [(1, 16, 5, 7, True), (5, 24, 3, 4, True), (1, 40, 3, 4, True), (2, 16, 4, 3, False)]
 if GPU:
     CASES += [(2, 384, 28, 28, True), (1, 384, 56, 56, True)]
 
@@ -45,7 +46,7 @@ def nhwc(t: torch.Tensor | None) -> torch.Tensor | None:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}_c{}_{}x{}_img{}".format(*c))
-def test_up_conv_matches_reference(case, dtype):
+def test_up_conv_matches_reference(case, dtype, loop_form):
     b, c, h, w, use_image = case
     lift = random_lift(c, use_image=use_image)
     d = lift.up1.conv_1.double_conv
