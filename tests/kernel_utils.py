@@ -72,4 +72,3 @@ def random_lift(dim: int, patch_size: int = 8, use_image: bool = True, seed: int
             module.bias.data.uniform_(-0.5, 0.5)
     lift.up1.up.bias.data.uniform_(0.5, 1.0)  # large transposed-conv bias: wrong border handling shows
     return lift.eval()
-
