@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lift_rt.matching import EPS, cells_to_pixels, sample_descriptors
+from lift_rt.matching import EPS
 
 
 def similarities(src: Tensor, tgt: Tensor, *, normalize: bool = True, mask: Optional[Tensor] = None,
@@ -81,17 +81,50 @@ def soft_argmax_reference(src: Tensor, tgt: Tensor, index: Tensor, grid_size: tu
     return xy.masked_fill(((index < 0) | ~valid.any(-1)).unsqueeze(-1), float("nan"))
 
 
+def cell_coordinate_reference(pixel: Tensor, pixels: int, cells: int) -> Tensor:
+    """One axis, pixel -> cell coordinate: ``pixels`` pixels are covered by ``cells`` equal cells, and pixel
+    ``i`` spans ``[i, i + 1)`` in edge coordinates, so its centre ``i + 0.5`` lies at edge position
+    ``(i + 0.5) * cells / pixels`` on the grid, whose cell centres are at ``j + 0.5``."""
+    return (pixel + 0.5) * cells / pixels - 0.5
+
+
+def pixel_coordinate_reference(cell: Tensor, pixels: int, cells: int) -> Tensor:
+    """One axis, cell -> pixel coordinate (the inverse of :func:`cell_coordinate_reference`)."""
+    return (cell + 0.5) * pixels / cells - 0.5
+
+
+def sample_descriptors_reference(feats: Tensor, kps: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """B x D x h x w features at B x K x 2 pixel keypoints (x, y) of an H x W image -> B x K x D float32:
+    bilinear between the four surrounding cell centres, coordinates clamped to the grid (border values)."""
+    (H, W), (h, w) = image_size, feats.shape[-2:]
+    u = cell_coordinate_reference(kps[..., 0].double(), W, w).clamp(0, w - 1)
+    v = cell_coordinate_reference(kps[..., 1].double(), H, h).clamp(0, h - 1)
+    u0, v0 = u.floor().long(), v.floor().long()
+    u1, v1 = (u0 + 1).clamp(max=w - 1), (v0 + 1).clamp(max=h - 1)
+    fu, fv = (u - u0).unsqueeze(-1), (v - v0).unsqueeze(-1)
+    grid = feats.double().flatten(2).transpose(1, 2)  # B x (h w) x D
+
+    def at(vi: Tensor, ui: Tensor) -> Tensor:
+        return torch.gather(grid, 1, (vi * w + ui).unsqueeze(-1).expand(-1, -1, grid.shape[-1]))
+
+    top = at(v0, u0) * (1 - fu) + at(v0, u1) * fu
+    bottom = at(v1, u0) * (1 - fu) + at(v1, u1) * fu
+    return (top * (1 - fv) + bottom * fv).float()
+
+
 def match_keypoints_reference(src_feats: Tensor, tgt_feats: Tensor, src_kps: Tensor, image_size: tuple[int, int], *,
                               tgt_image_size: Optional[tuple[int, int]] = None, normalize: bool = True,
                               refine_radius: int = 0, temperature: float = 0.02) -> tuple[Tensor, Tensor]:
     tgt_image_size = image_size if tgt_image_size is None else tgt_image_size
     th, tw = tgt_feats.shape[-2:]
     tgt = tgt_feats.flatten(2).transpose(1, 2)
-    src = sample_descriptors(src_feats, src_kps, image_size).to(tgt.dtype)
+    src = sample_descriptors_reference(src_feats, src_kps, image_size).to(tgt.dtype)
     index, sim = nearest_reference(src, tgt, normalize=normalize)
     if refine_radius > 0:
         uv = soft_argmax_reference(src, tgt, index, (th, tw), radius=refine_radius, temperature=temperature,
                                    normalize=normalize)
     else:
         uv = torch.stack([index % tw, index // tw], dim=-1).float()
-    return cells_to_pixels(uv, tgt_image_size, (th, tw)), sim
+    xy = torch.stack([pixel_coordinate_reference(uv[..., 0], tgt_image_size[1], tw),
+                      pixel_coordinate_reference(uv[..., 1], tgt_image_size[0], th)], dim=-1)
+    return xy, sim

@@ -33,23 +33,26 @@ def test_timm_architecture_matches_registry():
         assert vit.blocks[0].attn.num_heads == spec.heads
 
 
-def independent_key(backbone, image):
-    """Keys of the last block from its qkv weights, merged with channel index d * heads + head."""
+def independent_facet(backbone, image, facet="key"):
+    """A facet of the last block computed by hand: query / key / value from its qkv weights, heads merged with
+    channel index d * heads + head (the authors' order), or its output tokens; ``B x T x C``."""
     captured = {}
     last = backbone.blocks[-1]
     handle = last.register_forward_pre_hook(lambda m, args: captured.setdefault("x", args[0]))
+    saved = backbone.facet
     try:
         backbone.facet = "token"
         backbone(image)
     finally:
-        backbone.facet = "key"
+        backbone.facet = saved
         handle.remove()
+    if facet == "token":
+        return last(captured["x"])[:, 1:]
     x = last.norm1(captured["x"])[:, 1:]
     dim, heads = backbone.spec.dim, backbone.spec.heads
     head_dim = dim // heads
-    w_k = last.attn.qkv.weight[dim : 2 * dim]
-    b_k = last.attn.qkv.bias[dim : 2 * dim]
-    k = x @ w_k.T + b_k  # timm layout: channel head * head_dim + d
+    rows = slice({"query": 0, "key": 1, "value": 2}[facet] * dim, ({"query": 0, "key": 1, "value": 2}[facet] + 1) * dim)
+    k = x @ last.attn.qkv.weight[rows].T + last.attn.qkv.bias[rows]  # timm layout: channel head * head_dim + d
     out = torch.empty_like(k)
     for head in range(heads):
         for d in range(head_dim):
@@ -61,7 +64,7 @@ def test_key_facet_channel_order(dino_s16):
     image = torch.randn(2, 3, 64, 48)
     with torch.no_grad():
         key = dino_s16(image)
-        expected = independent_key(dino_s16, image)
+        expected = independent_facet(dino_s16, image)
     assert key.shape == (2, 384, 4, 3)
     torch.testing.assert_close(key.flatten(2).transpose(1, 2), expected, rtol=1e-5, atol=1e-5)
 
@@ -70,8 +73,12 @@ def test_key_facet_channel_order(dino_s16):
 def test_other_facets(facet):
     torch.manual_seed(0)
     backbone = build_backbone("dino_s16", random_init=True, facet=facet, layer=1)
-    out = backbone(torch.randn(1, 3, 32, 32))
-    assert out.shape == (1, 384, 2, 2) and torch.isfinite(out).all()
+    image = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        out = backbone(image)
+        expected = independent_facet(backbone, image, facet)
+    assert out.shape == (1, 384, 2, 2)
+    torch.testing.assert_close(out.flatten(2).transpose(1, 2), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="unknown facet"):
         build_backbone("dino_s16", random_init=True, facet="keys")
 
@@ -117,31 +124,44 @@ def test_no_weights_means_error_not_random():
         build_backbone("leopart_s16")
 
 
-def test_official_checkpoint_round_trip(tmp_path, dino_s16):
-    """A DINO-format file (plain state dict of the ViT, with its own head) loads and reproduces features."""
+def test_official_checkpoint_round_trip(tmp_path):
+    """A DINO-format file (plain state dict of the ViT, with its own head) loads every weight the features use."""
     source = create_vit(BACKBONES["dino_s16"])
+    with torch.no_grad():
+        for tensor in source.state_dict().values():
+            tensor.copy_(torch.randn_like(tensor))  # no weight left at an initial value another init could share
     state = dict(source.state_dict())
     state["head.weight"] = torch.randn(10, 384)
     path = tmp_path / "dino_deitsmall16_pretrain.pth"
     torch.save(state, path)
     loaded = build_backbone("dino_s16", weights=path)
-    reference = build_backbone("dino_s16", random_init=True)
-    reference.load_state_dict(loaded.state_dict())
-    image = torch.randn(1, 3, 48, 48)
-    torch.testing.assert_close(loaded(image), reference(image))
+    loaded_state = loaded.state_dict()
     for key, value in source.state_dict().items():
-        if key.startswith("blocks.11."):
-            torch.testing.assert_close(loaded.blocks[11].state_dict()[key.removeprefix("blocks.11.")], value)
+        if key.startswith("norm."):  # the final norm: the key facet is read inside the last block, before it
+            continue
+        torch.testing.assert_close(loaded_state[key.replace("patch_embed.proj.", "patch_embed.")], value, rtol=0, atol=0)
+    image = torch.randn(1, 3, 224, 224)  # the checkpoint's own resolution: stored positions, no interpolation
+    with torch.no_grad():  # the features: timm's own modules on the source, then the key facet by hand
+        x = source.blocks[:-1](source._pos_embed(source.patch_embed(image)))
+        last = source.blocks[-1]
+        keys = last.attn.qkv(last.norm1(x))[:, 1:, 384:768].reshape(1, 196, 6, 64)  # timm: head-major channels
+        expected = keys.transpose(-1, -2).flatten(-2).transpose(1, 2).reshape(1, 384, 14, 14)  # d-major, as the authors
+        torch.testing.assert_close(loaded(image), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_moco_checkpoint_prefix(tmp_path):
     source = create_vit(BACKBONES["moco_s16"])
+    with torch.no_grad():
+        source.cls_token.copy_(torch.randn_like(source.cls_token))  # timm's init (std 1e-6) is below any tolerance
+        source.pos_embed.copy_(torch.randn_like(source.pos_embed))
     state = {"state_dict": {f"module.base_encoder.{k}": v for k, v in source.state_dict().items()}}
     state["state_dict"]["module.momentum_encoder.cls_token"] = torch.zeros(1, 1, 384)
     path = tmp_path / "vit-s-300ep.pth.tar"
     torch.save(state, path)
     loaded = build_backbone("moco_s16", weights=path, layer=0)
-    torch.testing.assert_close(loaded.cls_token, source.cls_token)
+    torch.testing.assert_close(loaded.cls_token, source.cls_token, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.pos_embed, source.pos_embed, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight, rtol=0, atol=0)
 
 
 def test_checkpoint_for_another_backbone(tmp_path):

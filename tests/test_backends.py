@@ -45,6 +45,23 @@ def test_onnxruntime_backend_matches_torch(onnx_cache, layer, precision, toleran
         engine(torch.rand(1, 3, 100, 112))
 
 
+def test_onnxruntime_backend_keeps_one_graph_per_resolution(tmp_path):
+    """Each input size gets its own graph and session; going back to a size reuses its session."""
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(2)
+    engine = Engine("dino_s16", random_init=True, layer=0, backend="onnxruntime", device="cpu", cache_dir=tmp_path)
+    generator = torch.Generator().manual_seed(3)
+    for height, width in [(64, 64), (48, 96), (64, 64)]:
+        images = torch.rand(2, 3, height, width, generator=generator)
+        out = engine(images)
+        with torch.inference_mode():
+            reference = engine.pipeline(images)
+        assert out.shape == (2, 384, height // 8, width // 8)
+        assert relative_error(out, reference) <= 1e-5
+    assert sorted(engine.backend.sessions) == [(48, 96), (64, 64)]
+    assert len(list(tmp_path.rglob("*.onnx"))) == 2
+
+
 def test_onnxruntime_backend_refuses_bf16():
     pytest.importorskip("onnxruntime")
     from lift_rt.export.ort_backend import OnnxRuntimeBackend

@@ -12,18 +12,20 @@ from lift_rt import matching_reference as ref
 from lift_rt.kernels.match_nearest import column_splits, inverse_norms, nearest_triton
 from matching_utils import assert_topk_close, integer_inputs, randn
 
-# Similarities are in [-1, 1]; 16-bit operands round each product, the sum is fp32 on both sides.
-SIM_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+# Similarities are in [-1, 1]. The product of two fp16 or bf16 values is exact in fp32, and both sides sum
+# and normalise in fp32, so every dtype gets fp32's tolerance (measured on the H100, 2026-11-26: gaps of at
+# most 3e-7 at 12544 x 12544 x 384 in bf16).
+SIM_TOL = 1e-5
 
 SHAPES = [(1, 1, 1, 1), (1, 13, 29, 7), (5, 33, 65, 37), (2, 130, 300, 130)]
 if GPU:
     SHAPES += [(1, 3136, 3136, 384), (2, 784, 12544, 768)]
 
 
-def check(index, sim, src, tgt, dtype, **kwargs):
+def check(index, sim, src, tgt, **kwargs):
     assert index.dtype == torch.int64 and sim.dtype == torch.float32
     assert index.shape == sim.shape == src.shape[:2]
-    assert_topk_close(index.unsqueeze(-1), sim.unsqueeze(-1), src, tgt, 1, tol=SIM_TOL[dtype], **kwargs)
+    assert_topk_close(index.unsqueeze(-1), sim.unsqueeze(-1), src, tgt, 1, tol=SIM_TOL, **kwargs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -32,7 +34,7 @@ def test_nearest_matches_reference(dtype, b, n, m, d):
     src = randn(b, n, d, dtype=dtype, device=DEVICE, seed=n)
     tgt = randn(b, m, d, dtype=dtype, device=DEVICE, seed=m + 1)
     index, sim = nearest_triton(src, tgt)
-    check(index, sim, src, tgt, dtype)
+    check(index, sim, src, tgt)
 
 
 @pytest.mark.parametrize("splits", [1, 2, 3])
@@ -63,7 +65,7 @@ def test_strided_inputs_are_read_in_place():
     tgt = randn(3, 40, 90, device=DEVICE, seed=5).transpose(1, 2)  # D is the strided axis
     assert not src.is_contiguous() and tgt.stride(-1) != 1
     index, sim = nearest_triton(src, tgt)
-    check(index, sim, src, tgt, torch.float32)
+    check(index, sim, src, tgt)
 
 
 def test_column_splits_fill_the_device():
@@ -80,7 +82,7 @@ def test_lift_match_cuda_selects_either_implementation(monkeypatch, dtype):
         monkeypatch.setenv("LIFT_MATCH_CUDA", impl)
         assert matching.cuda_impl() == impl
         index, sim = matching.nearest(src, tgt)
-        check(index, sim, src, tgt, dtype)
+        check(index, sim, src, tgt)
 
 
 def test_lift_match_cuda_rejects_unknown_names(monkeypatch):

@@ -10,7 +10,8 @@ from matching_utils import assert_topk_close, integer_inputs, randn
 CUDA_OK = torch.cuda.is_available() and _C.has_cuda()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA_OK, reason="needs a CUDA GPU and a CUDA build"))]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-ISAS = [name for name, code in matching._ISA_NAMES.items() if code <= _C.cpu_isa()]
+ISAS = [pytest.param(name, marks=pytest.mark.skipif(code > _C.cpu_isa(), reason=f"this CPU has no {name}"))
+        for name, code in matching._ISA_NAMES.items()]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -323,14 +324,33 @@ def test_soft_argmax_bad_inputs():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("refine", [0, 2])
 def test_match_keypoints_matches_reference(device, refine):
+    # Different pixels per cell along x and y on both sides (source 8 x 4, target 4 x 8), so a swapped axis shows;
+    # keypoints beyond the outer cell centres exercise the border clamp.
     src_f, tgt_f = randn(2, 24, 7, 9, device=device, seed=21), randn(2, 24, 8, 6, device=device, seed=22)
-    kps = (torch.rand(2, 10, 2, generator=torch.Generator().manual_seed(23)) * torch.tensor([71.0, 55.0])).to(device)
-    out, sim = matching.match_keypoints(src_f, tgt_f, kps, (56, 72), tgt_image_size=(64, 48), refine_radius=refine)
-    out_ref, sim_ref = ref.match_keypoints_reference(src_f.cpu(), tgt_f.cpu(), kps.cpu(), (56, 72),
-                                                     tgt_image_size=(64, 48), refine_radius=refine)
+    kps = (torch.rand(2, 10, 2, generator=torch.Generator().manual_seed(23)) * torch.tensor([35.0, 55.0])).to(device)
+    out, sim = matching.match_keypoints(src_f, tgt_f, kps, (56, 36), tgt_image_size=(32, 48), refine_radius=refine)
+    out_ref, sim_ref = ref.match_keypoints_reference(src_f.cpu(), tgt_f.cpu(), kps.cpu(), (56, 36),
+                                                     tgt_image_size=(32, 48), refine_radius=refine)
     assert out.shape == (2, 10, 2) and sim.shape == (2, 10)
     torch.testing.assert_close(out.cpu(), out_ref, atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(sim.cpu(), sim_ref, atol=1e-5, rtol=0)
+
+
+def test_pixel_cell_conversions_by_hand():
+    """Image 40 x 96 (H x W) on a 5 x 6 grid: 16 pixels per cell along x, 8 along y."""
+    xy = torch.tensor([[[7.5, 3.5], [23.5, 11.5], [95.0, 0.0]]])
+    uv = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [(95.5 / 16) - 0.5, (0.5 / 8) - 0.5]]])
+    torch.testing.assert_close(matching.pixels_to_cells(xy, (40, 96), (5, 6)), uv, rtol=0, atol=1e-6)
+    torch.testing.assert_close(matching.cells_to_pixels(uv, (40, 96), (5, 6)), xy, rtol=0, atol=1e-5)
+
+
+def test_sample_descriptors_matches_reference():
+    feats = randn(2, 5, 5, 6, seed=28)
+    kps = torch.rand(2, 12, 2, generator=torch.Generator().manual_seed(29)) * torch.tensor([110.0, 50.0]) - 5  # some outside
+    kps[0, 0] = torch.tensor([23.5, 11.5])  # a cell centre: exactly that cell's descriptor
+    out = matching.sample_descriptors(feats, kps, (40, 96))
+    torch.testing.assert_close(out, ref.sample_descriptors_reference(feats, kps, (40, 96)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[0, 0], feats[0, :, 1, 1])
 
 
 def test_match_keypoints_identity_at_full_resolution():
