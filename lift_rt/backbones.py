@@ -129,9 +129,11 @@ def check_resolution(spec: BackboneSpec, height: int, width: int) -> tuple[int, 
         raise ValueError(f"{spec.name}: image size {height} x {width} must be positive multiples of the patch size {p}")
     if height % p or width % p:
         side = height if height % p else width  # suggest sizes for the side that does not fit
+        below, above = side // p * p, (side // p + 1) * p
+        suggestion = f"e.g. {below} or {above}" if below else f"at least {p}"
         raise ValueError(
             f"{spec.name} has patch size {p}: image size {height} x {width} must be a multiple of {p} "
-            f"({'height' if height % p else 'width'} {side}: e.g. {max(p, side // p * p)} or {(side // p + 1) * p})"
+            f"({'height' if height % p else 'width'} {side}: {suggestion})"
         )
     return height // p, width // p
 
@@ -149,7 +151,7 @@ class ViTFeatures(nn.Module):
         super().__init__()
         facet = facet or spec.facet
         if facet not in FACETS:
-            raise ValueError(f"unknown facet {facet!r}; choose one of {FACETS}")
+            raise ValueError(f"unknown facet {facet!r}; choose one of {', '.join(FACETS)}")
         layer = check_layer(spec, spec.layer if layer is None else layer)
         self.spec = spec
         self.facet = facet

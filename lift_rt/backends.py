@@ -44,7 +44,7 @@ class Backend:
     def run(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: its tensors refuse in-place updates and autograd outside it
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.run(images)
 

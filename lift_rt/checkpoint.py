@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lift_rt.backbones import FACETS, get_spec
+from lift_rt.backbones import BACKBONES, FACETS, get_spec
 from lift_rt.model import LiFT
 
 FORMAT_VERSION = "1"
@@ -17,9 +17,17 @@ RESERVED_METADATA = frozenset({"format", "version", "backbone", "facet", "dim", 
 def save_lift(
     lift: LiFT, path: str | os.PathLike, *, backbone: str, facet: str, extra: dict[str, str] | None = None
 ) -> Path:
-    """Write ``lift`` as safetensors with metadata (backbone, facet, width, patch, version)."""
+    """Write ``lift`` as safetensors with metadata (backbone, facet, width, patch, version).
+
+    ``extra``: more metadata, string keys and values (``train`` records its layer, seed and steps here).
+    """
     from safetensors.torch import save_file
 
+    if not (isinstance(lift, torch.nn.Module) and isinstance(getattr(lift, "dim", None), int)):
+        raise TypeError(f"save_lift writes a lift_rt.LiFT (or a trained upsampler of lift_rt.build_upsampler), "
+                        f"not {type(lift).__name__}")
+    if extra is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+        raise TypeError(f"extra metadata must map strings to strings, got {extra!r}")
     spec = get_spec(backbone)
     if facet not in FACETS:
         raise ValueError(f"unknown facet {facet!r}; choose one of {', '.join(FACETS)}")
@@ -47,14 +55,25 @@ def save_lift(
     return path
 
 
+def is_safetensors(path: Path) -> bool:
+    """Whether ``path`` holds safetensors, judged by its bytes, not its name: an 8-byte little-endian
+    header length that fits the file, then the header's opening brace."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size and head[8:] == b"{"
+
+
 def read_lift_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """State dict and metadata of a LiFT file (safetensors or the authors' ``.pth``)."""
+    """State dict and metadata of a LiFT file (safetensors, under any name, or the authors' ``.pth``)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"LiFT checkpoint {path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"LiFT checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or is_safetensors(path):
         from safetensors import safe_open
 
         try:
@@ -81,10 +100,10 @@ def read_lift_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 def read_lift_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata of a lift_rt safetensors checkpoint without reading its tensors ({} for a ``.pth``)."""
     path = Path(path)
-    if path.suffix != ".safetensors":
-        return {}
     if not path.is_file():
         raise FileNotFoundError(f"LiFT checkpoint {path} does not exist")
+    if not (path.suffix == ".safetensors" or is_safetensors(path)):
+        return {}
     from safetensors import safe_open
 
     try:
@@ -123,23 +142,32 @@ def trained_backbone(
 def load_lift(
     path: str | os.PathLike, *, backbone: str, facet: str | None = None, map_location: str | torch.device = "cpu"
 ) -> LiFT:
-    """Load a LiFT for ``backbone``; a checkpoint for another backbone, width or facet is an error."""
+    """Load a LiFT for ``backbone``; a checkpoint for another backbone, width or facet is an error.
+
+    lift_rt's safetensors name their backbone and facet. The authors' ``.pth`` files carry no
+    metadata: their width is checked, and a file under another backbone's released name (say
+    ``lift_dino_vits16.pth`` for ``dino_s8``, whose width is the same) is refused.
+    """
     spec = get_spec(backbone)
     facet = facet or spec.facet
+    if facet not in FACETS:
+        raise ValueError(f"unknown facet {facet!r}; choose one of {', '.join(FACETS)}")
     state, meta = read_lift_state(path)
     if meta.get("format") == "lift_rt":
         if meta.get("backbone") != spec.name:
             raise ValueError(f"{path} was trained for backbone {meta.get('backbone')}, not {spec.name}")
         if meta.get("facet") != facet:
             raise ValueError(f"{path} was trained on the {meta.get('facet')} facet, not {facet}")
-        if facet not in FACETS:
-            raise ValueError(f"{path} names an unknown facet {facet!r}")
     use_image = "image_convs_1.0.weight" in state
     if "outc.weight" not in state:
         raise ValueError(f"{path} is not a LiFT checkpoint (no 'outc.weight'; keys: {sorted(state)[:4]}...)")
     width = state["outc.weight"].shape[0]
     if width != spec.dim:
         raise ValueError(f"{path} is a LiFT of width {width}; backbone {spec.name} has width {spec.dim}")
+    owners = [other.name for other in BACKBONES.values() if other.lift_file == Path(path).name]
+    if meta.get("format") != "lift_rt" and owners and spec.name not in owners:
+        raise ValueError(f"{path} is the authors' LiFT for {' / '.join(owners)}, not {spec.name} "
+                         f"(theirs for {spec.name}: {spec.lift_file or 'none released'})")
     lift = LiFT(dim=spec.dim, patch_size=spec.patch_size, use_image=use_image)
     own = lift.state_dict()
     missing = sorted(set(own) - set(state))

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lift_rt.cli import check_writable, positive_int
+from lift_rt.preprocess import pil_to_rgb
 
 MAX_SAMPLE_SIZE = 4096  # data sample crops (the shipped photos are far smaller: larger crops only upscale)
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -50,7 +51,7 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"))
+        array = pil_to_rgb(image)
     tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
     resized = F.interpolate(tensor[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return resized[0].clamp_(0.0, 1.0)

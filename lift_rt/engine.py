@@ -39,6 +39,9 @@ def build_pipeline(
     spec = get_spec(backbone)
     if lift is not None and not isinstance(lift, (str, os.PathLike, nn.Module)):
         raise TypeError(f"lift must be a checkpoint path or an nn.Module, not {type(lift).__name__}")
+    if isinstance(lift, nn.Module) and not isinstance(getattr(lift, "dim", None), int):
+        raise TypeError(f"lift must be a lift_rt.LiFT or an upsampler of lift_rt.build_upsampler (a module with a "
+                        f"feature width 'dim' that takes (image, feats)), not {type(lift).__name__}")
     random_backbone = random_init and backbone_weights is None
     layer, seed = trained_backbone(lift, layer=layer, random_backbone=random_backbone, seed=seed)
     if isinstance(lift, nn.Module):
@@ -111,11 +114,25 @@ class Engine:
     Args:
         backbone: registry name (see ``lift_rt.BACKBONES``).
         lift: LiFT checkpoint path (safetensors or the authors' .pth) or module.
-        backend: "torch", "compile", "onnxruntime", "tensorrt", "triton" or "auto".
-        precision: "fp32", "fp16" or "bf16".
+        backend: "torch" (default: eager PyTorch), "compile", "onnxruntime", "tensorrt", "triton" or
+            "auto" (the fastest present; ``backend_name`` says which).
+        precision: "fp32", "fp16" or "bf16"; the features come back in this dtype, on a CPU too.
         device: "cpu", "cuda" or "cuda:N"; default CUDA when present, else CPU.
         iterations: k LiFT applications, 2^k upsampling.
+        facet: the backbone's "key" (default, the paper's), "query", "value" or "token" features.
+        layer: the block the facet is read from (0-based; default the backbone's last, or the
+            block a lift_rt-trained checkpoint records).
+        backbone_weights: the official checkpoint file of the backbone (else the timm / Hugging
+            Face cache, else an error naming the file to fetch).
         random_init: random backbone and LiFT weights where none are given.
+        **backend_options: per backend; an unknown one is an error that lists the accepted ones.
+            onnxruntime: ``cache_dir`` (exported graphs; default ``$LIFT_RT_CACHE`` or
+            ``~/.cache/lift_rt``, pruned to ``$LIFT_RT_CACHE_MAX_GB``, default 8), ``threads``,
+            ``verbose`` (say when a graph is exported). tensorrt: ``max_batch``, ``opt_batch``,
+            ``cache_dir``, ``workspace_bytes``. compile: ``mode``. triton: ``cuda_graph_max_batch``.
+
+    The onnxruntime and tensorrt backends export one graph per new input size (seconds on a
+    CPU; a TensorRT build takes minutes) and keep it in the cache for later calls.
     """
 
     def __init__(

@@ -17,16 +17,31 @@ def precision_dtype(precision: str) -> torch.dtype:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}") from None
 
 
+def pil_to_rgb(image: Any) -> np.ndarray:
+    """A PIL image -> ``H x W x 3`` uint8 RGB.
+
+    8-bit modes (greyscale, palette, RGB(A), CMYK, ...) go through PIL's own conversion; 16-bit
+    greyscale (``I;16*``) is scaled to 0..255. 32-bit integer (``I``) and float (``F``) images are
+    refused: their value range is not defined, and PIL's conversion would clip them.
+    """
+    if image.mode.startswith("I;16"):
+        grey = np.asarray(image).astype(np.float32)
+        return np.repeat((grey / 257.0).round().astype(np.uint8)[..., None], 3, axis=-1)
+    if image.mode in ("I", "F"):
+        raise TypeError(f"PIL images of mode {image.mode!r} (32-bit {'integer' if image.mode == 'I' else 'float'}) have no "
+                        "defined range: convert them to 8-bit RGB yourself, or pass a float array in [0, 1]")
+    return np.asarray(image.convert("RGB"))
+
+
 def _from_pil(image: Any) -> torch.Tensor:
-    array = np.asarray(image.convert("RGB"))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return torch.from_numpy(pil_to_rgb(image).copy()).permute(2, 0, 1)
 
 
 def _from_numpy(array: np.ndarray) -> torch.Tensor:
     """numpy images are channels-last: H x W x 3 or B x H x W x 3."""
     if array.ndim not in (3, 4) or array.shape[-1] != 3:
         raise ValueError(f"numpy images must be H x W x 3 or B x H x W x 3, got shape {array.shape}")
-    if array.dtype.kind not in "biuf":  # object, string, complex ...: torch cannot take them, say so here
+    if array.dtype != np.uint8 and array.dtype.kind != "f":  # named here as numpy's dtype, not torch's
         raise TypeError(f"images must be uint8 (0..255) or floating point (0..1), got numpy {array.dtype}")
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     return tensor.permute(2, 0, 1) if tensor.dim() == 3 else tensor.permute(0, 3, 1, 2)

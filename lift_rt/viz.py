@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--point", type=parse_point, required=True, help="X,Y in pixels of IMAGE")
     p.add_argument("--backbone", default="dino_s8", help="registry backbone (default dino_s8)")
     p.add_argument("--lift", default=None, help="LiFT checkpoint")
-    p.add_argument("--backbone-weights", default=None)
+    p.add_argument("--backbone-weights", default=None, help="official backbone checkpoint (default: the timm / Hugging Face cache)")
     p.add_argument("--random-init", action="store_true", help="random weights where none are given")
     p.add_argument("--size", type=positive_int, default=224, help="input size S (the image is letterboxed to S x S; default 224)")
     p.add_argument("--panel", type=positive_int, default=224, help="panel size in the PNG, pixels")

@@ -111,6 +111,8 @@ def test_resolution_errors_name_the_side_that_does_not_fit():
         check_resolution(spec, 32, 65)
     with pytest.raises(ValueError, match=r"height 100: e.g. 96 or 112"):
         check_resolution(spec, 100, 64)
+    with pytest.raises(ValueError, match=r"width 10: at least 16\)"):
+        check_resolution(spec, 32, 10)
     for size in [(0, 0), (-32, 32), (32, -16)]:
         with pytest.raises(ValueError, match="must be positive multiples of the patch size 16") as info:
             check_resolution(spec, *size)

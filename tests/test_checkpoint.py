@@ -66,6 +66,27 @@ def test_checkpoint_for_another_backbone(tmp_path):
         load_lift(pth, backbone="dino_b16")
     with pytest.raises(ValueError, match="does not match backbone"):
         save_lift(random_lift(), tmp_path / "x.safetensors", backbone="dino_b16", facet="key")
+    # Same width, other patch size: only the authors' file name tells; a renamed copy cannot be checked.
+    with pytest.raises(ValueError, match=r"the authors' LiFT for dino_s16, not dino_s8 \(theirs for dino_s8: lift_dino_vits8.pth\)"):
+        load_lift(pth, backbone="dino_s8")
+    assert load_lift(pth, backbone="dino_s16").dim == 384
+
+
+@pytest.mark.parametrize("name", ["lift.pth", "lift", "lift.SAFETENSORS"])
+def test_safetensors_under_any_name(tmp_path, name):
+    """What save_lift writes is read back as safetensors whatever the file is called, metadata checks included."""
+    lift = random_lift()
+    path = save_lift(lift, tmp_path / name, backbone="dino_s16", facet="key")
+    assert_same_output(lift, load_lift(path, backbone="dino_s16"))
+    with pytest.raises(ValueError, match="trained for backbone dino_s16"):
+        load_lift(path, backbone="moco_s16")
+
+
+def test_unknown_facet_is_refused_for_every_format(tmp_path):
+    pth = tmp_path / "lift.pth"
+    torch.save(random_lift().state_dict(), pth)
+    with pytest.raises(ValueError, match="unknown facet 'foo'"):
+        load_lift(pth, backbone="dino_s16", facet="foo")
 
 
 def test_corrupt_and_foreign_files(tmp_path):
@@ -123,3 +144,10 @@ def test_non_finite_weights_are_refused(tmp_path, suffix):
 def test_a_folder_is_not_a_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="is a folder, not a file"):
         load_lift(tmp_path, backbone="dino_s16")
+
+
+def test_save_refuses_other_modules_and_non_string_metadata(tmp_path):
+    with pytest.raises(TypeError, match="save_lift writes a lift_rt.LiFT .*not Conv2d"):
+        save_lift(torch.nn.Conv2d(3, 3, 1), tmp_path / "x.safetensors", backbone="dino_s16", facet="key")
+    with pytest.raises(TypeError, match="strings to strings"):
+        save_lift(random_lift(), tmp_path / "x.safetensors", backbone="dino_s16", facet="key", extra={"epochs": 5})

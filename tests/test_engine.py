@@ -119,6 +119,21 @@ def test_engine_runs_on_an_explicit_cpu():
     assert engine.device == torch.device("cpu") and engine(torch.rand(1, 3, 32, 32)).device.type == "cpu"
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_features_are_ordinary_tensors(backend, tmp_path):
+    """What an Engine returns can be normalised in place and used in autograd (no inference-mode tensors)."""
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    options = {"cache_dir": tmp_path} if backend == "onnxruntime" else {}
+    engine = Engine("dino_s16", random_init=True, layer=0, backend=backend, device="cpu", **options)
+    feats = engine(torch.rand(1, 3, 32, 32))
+    assert not feats.is_inference() and not feats.requires_grad
+    feats /= feats.norm(dim=1, keepdim=True)
+    weight = torch.ones(384, requires_grad=True)
+    (feats * weight[None, :, None, None]).sum().backward()
+    assert weight.grad is not None
+
+
 def test_auto_backend_says_which():
     from lift_rt.backends import choose_backend
 
@@ -133,6 +148,8 @@ def test_lift_module_must_fit_the_backbone():
         Engine("dino_s16", lift=LiFT(768, 16), random_init=True, layer=0)
     with pytest.raises(ValueError, match="patch size 8 does not fit dino_s16"):
         Engine("dino_s16", lift=LiFT(384, 8), random_init=True, layer=0)
+    with pytest.raises(TypeError, match="lift must be a lift_rt.LiFT .*not Conv2d"):
+        Engine("dino_s16", lift=torch.nn.Conv2d(384, 384, 1), random_init=True, layer=0)
 
 
 def test_lift_of_another_type_is_a_clear_type_error():

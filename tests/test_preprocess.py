@@ -20,6 +20,23 @@ def test_accepted_inputs_agree():
     assert to_image_tensor(Image.fromarray(array[..., 0])).shape == (1, 3, 32, 48)  # greyscale -> RGB
 
 
+def test_sixteen_bit_greyscale_is_scaled_not_clipped():
+    grey = np.array([[0, 257, 32896], [65535, 514, 1000]], dtype=np.uint16)
+    out = to_image_tensor(Image.fromarray(grey))  # mode I;16
+    expected = torch.from_numpy(np.round(grey / 257.0).astype(np.float32) / 255)
+    assert out.shape == (1, 3, 2, 3)
+    for channel in range(3):
+        torch.testing.assert_close(out[0, channel], expected)
+
+
+@pytest.mark.parametrize("mode, array", [("F", np.full((4, 4), 0.5, dtype=np.float32)), ("I", np.full((4, 4), 70000, dtype=np.int32))])
+def test_pil_images_without_a_defined_range_are_refused(mode, array):
+    image = Image.fromarray(array)
+    assert image.mode == mode
+    with pytest.raises(TypeError, match=f"mode '{mode}'.*no defined range"):
+        to_image_tensor(image)
+
+
 @pytest.mark.parametrize(
     "images, error, match",
     [
@@ -36,6 +53,7 @@ def test_accepted_inputs_agree():
         (torch.rand(1, 3, 0, 0), ValueError, "no pixels"),
         (torch.rand(1, 3, 8, 0), ValueError, "no pixels"),
         (np.full((8, 8, 3), None, dtype=object), TypeError, "numpy object"),
+        (np.zeros((8, 8, 3), dtype=np.int64), TypeError, "numpy int64"),
         (torch.empty(1, 3, 8, 8, device="meta"), ValueError, "meta tensors"),
     ],
 )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -80,15 +79,7 @@ def _backbone_settings(args: argparse.Namespace, facet: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The ``fidelity`` command: print the table; 2 with a message on bad inputs."""
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"fidelity: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
+    """The ``fidelity`` command: print the table (bad inputs raise; the dispatcher prints them)."""
     device = cli_device(args.device)
     if args.json:
         check_writable(args.json, "--json")

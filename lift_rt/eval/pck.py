@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lift_rt.cli import cli_device, non_negative_int, positive_float
+from lift_rt.preprocess import pil_to_rgb
 
 ALPHAS: tuple[float, ...] = (0.1, 0.05, 0.01)
 AVERAGES: tuple[str, ...] = ("category", "point", "image")
@@ -90,7 +91,7 @@ def load_rgb(image: ImageRef) -> np.ndarray:
         array = image
     else:
         with Image.open(image) as pil:
-            array = np.asarray(pil.convert("RGB"))
+            array = pil_to_rgb(pil)
     if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
         raise ValueError(f"images must be H x W x 3 uint8, got {array.shape} {array.dtype}")
     return array
@@ -458,19 +459,21 @@ def add_parser(subparsers) -> None:
     p.add_argument("--backbone", default="dino_s8", help="registry backbone (default dino_s8)")
     p.add_argument("--upsampler", default="lift", help=f"comma-separated, from {', '.join(UPSAMPLER_CHOICES)} (default lift)")
     p.add_argument("--resolutions", type=_int_list, default=[56, 112, 224, 448], help="evaluation sizes S, multiples of the patch (default 56,112,224,448)")
-    p.add_argument("--dataset", default="synthetic", help="'synthetic' or 'spair:DIR' (SPair-71k root)")
-    p.add_argument("--split", default="test", choices=("trn", "val", "test"))
+    p.add_argument("--dataset", default="synthetic", help="'synthetic' (default: warped pairs of the shipped photos) or 'spair:DIR' (SPair-71k root)")
+    p.add_argument("--split", default="test", choices=("trn", "val", "test"), help="SPair-71k split (default test; synthetic pairs have none)")
     p.add_argument("--pairs", type=int, default=None, help="pairs per category (default: 100 for SPair, 20 synthetic)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="draws the pairs (and random weights with --random-init); default 0")
     p.add_argument("--lift", default=None, help="LiFT checkpoint")
-    p.add_argument("--backbone-weights", default=None)
+    p.add_argument("--backbone-weights", default=None, help="official backbone checkpoint (default: the timm / Hugging Face cache)")
     p.add_argument("--random-init", action="store_true", help="random backbone (and LiFT) weights")
-    p.add_argument("--iterations", type=int, default=1)
+    p.add_argument("--iterations", type=int, default=1, help="LiFT applications for the lift row: 1 = 2x, 2 = 4x (default 1)")
     p.add_argument("--backend", default="torch", help="Engine backend for the features (default torch; auto picks the fastest)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="feature precision (default fp32)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--matcher", default="auto", choices=("auto", "torch", "cpp"))
-    p.add_argument("--average", default="category", choices=AVERAGES)
+    p.add_argument("--matcher", default="auto", choices=("auto", "torch", "cpp"),
+                   help="nearest-neighbour search: cpp (lift_rt.matching), torch (the pure-PyTorch reference); auto = cpp")
+    p.add_argument("--average", default="category", choices=AVERAGES,
+                   help="PCK averaged per category (default, as the paper), over all points, or per image")
     p.add_argument("--mutual", action="store_true", help="count only mutual nearest neighbours")
     p.add_argument("--soft-argmax", type=positive_float, default=None, metavar="T", help="soft-argmax with temperature T")
     p.add_argument("--window", type=non_negative_int, default=None, help="soft-argmax window radius in pixels (default: one feature cell)")

@@ -19,7 +19,7 @@ from lift_rt.train.models import trainable_upsamplers
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lift_rt.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m lift_rt.train", description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
     add("--backbone", required=True, choices=sorted(BACKBONES), help="frozen ViT whose features LiFT learns to lift")
