@@ -37,13 +37,14 @@ def hand_results(accepted_first=(True, True, True)):
 
 
 def test_pck_by_hand():
+    # Correct means strictly below the threshold (an error equal to it is wrong).
     # alpha 0.1: pair thresholds 10, 1, 20 -> correct [1,1,0], [0], [1,0,1]
-    # alpha 0.05: thresholds 5 (inclusive), 0.5, 10 -> [1,1,0], [0], [1,0,1]
-    # alpha 0.01: thresholds 1, 0.1, 2 -> [1,0,0], [0], [1,0,1]
+    # alpha 0.05: thresholds 5, 0.5, 10 -> [1,0,0] (5.0 is not below 5), [0], [1,0,1]
+    # alpha 0.01: thresholds 1, 0.1, 2 -> [0,0,0] (1.0 is not below 1), [0], [1,0,1]
     by_category = pck(hand_results())
     assert by_category[0.1] == pytest.approx(100 * (2 / 4 + 2 / 3) / 2)
-    assert by_category[0.05] == pytest.approx(100 * (2 / 4 + 2 / 3) / 2)
-    assert by_category[0.01] == pytest.approx(100 * (1 / 4 + 2 / 3) / 2)
+    assert by_category[0.05] == pytest.approx(100 * (1 / 4 + 2 / 3) / 2)
+    assert by_category[0.01] == pytest.approx(100 * (0 / 4 + 2 / 3) / 2)
     assert pck(hand_results(), average="point")[0.1] == pytest.approx(100 * 4 / 7)
     assert pck(hand_results(), average="image")[0.1] == pytest.approx(100 * (2 / 3 + 0 + 2 / 3) / 3)
     assert pck(hand_results((True, False, True)), alphas=(0.1,)) == {0.1: pytest.approx(100 * (1 / 4 + 2 / 3) / 2)}
@@ -146,6 +147,28 @@ def test_cli_prints_table_1_layout(capsys):
     rows = [line.replace("|", " ").split() for line in out.splitlines()]
     by_name = {row[0]: [float(v) for v in row[1:]] for row in rows if row and row[0] in ("none", "bilinear")}
     assert set(by_name) == {"none", "bilinear"} and all(len(v) == 4 and all(0 <= x <= 100 for x in v) for v in by_name.values())
+
+
+def test_cli_rc_row_is_labelled_untrained_or_loads_a_trained_one(capsys, tmp_path):
+    from lift_rt.checkpoint import save_lift
+    from lift_rt.model import LiFT
+    from lift_rt.upsamplers import build_upsampler
+
+    argv = ["pck", "--backbone", "dino_s16", "--random-init", "--upsampler", "nearest,rc", "--resolutions", "32",
+            "--pairs", "1", "--matcher", "torch"]
+    assert eval_main(argv) == 0
+    rows = {line.split("|")[0].strip(): line.split("|")[1].split() for line in capsys.readouterr().out.splitlines() if "|" in line}
+    assert rows["rc (untrained)"] == rows["nearest"]  # identity-initialised: nearest upsampling, and named so
+    trained = build_upsampler("rc", 384, 16)
+    with torch.no_grad():
+        trained.conv.weight.add_(0.05 * torch.randn_like(trained.conv.weight))
+    path = save_lift(trained, tmp_path / "rc.safetensors", backbone="dino_s16", facet="key", extra={"upsampler": "rc"})
+    assert eval_main([*argv, "--rc", str(path)]) == 0
+    rows = {line.split("|")[0].strip(): line.split("|")[1].split() for line in capsys.readouterr().out.splitlines() if "|" in line}
+    assert "rc" in rows and "rc (untrained)" not in rows
+    lift_file = save_lift(LiFT(384, 16), tmp_path / "lift.safetensors", backbone="dino_s16", facet="key")
+    assert eval_main([*argv, "--rc", str(lift_file)]) == 2
+    assert "not a resize-conv" in capsys.readouterr().err
 
 
 def test_cli_rejects_resolution_off_the_patch_grid(capsys):

@@ -262,7 +262,7 @@ def evaluate_pairs(
 
 
 def pck(results: Iterable[PairResult], alphas: Sequence[float] = ALPHAS, average: str = "category") -> dict[float, float]:
-    """PCK in percent per alpha: correct when ``error <= alpha * box_length`` (and accepted).
+    """PCK in percent per alpha: correct when ``error < alpha * box_length`` (strictly, as the authors) and accepted.
 
     ``average``: "category" (pool keypoints per category, unweighted mean over
     categories; the authors' protocol), "point" (pool all keypoints) or "image"
@@ -275,7 +275,7 @@ def pck(results: Iterable[PairResult], alphas: Sequence[float] = ALPHAS, average
         raise ValueError("no keypoints to score")
     out = {}
     for alpha in alphas:
-        correct = [((r.errors <= alpha * r.box_length) & r.accepted) for r in results]
+        correct = [((r.errors < alpha * r.box_length) & r.accepted) for r in results]
         if average == "point":
             score = np.concatenate(correct).mean()
         elif average == "image":
@@ -312,14 +312,17 @@ def build_feature_pipeline(
     iterations: int = 1,
     layer: int | None = None,
     seed: int | None = None,
+    rc: str | os.PathLike | None = None,
 ):
     """The reference pipeline with any upsampler: ``"none"`` returns the backbone's own features.
 
     ``lift`` loads a LiFT checkpoint for ``upsampler="lift"``; without one a
-    random LiFT needs ``random_init=True``. The other upsamplers have no weights
-    to load (rc starts as nearest: it is untrained here). The backbone's block and
-    random seed follow the checkpoint (:func:`lift_rt.checkpoint.trained_backbone`), so
-    every upsampler compared with it sees the features it was trained on.
+    random LiFT needs ``random_init=True``. ``rc`` loads a trained resize-conv
+    (``python -m lift_rt.train --upsampler rc``) for ``upsampler="rc"``; without one
+    rc is untrained (identity-initialised: nearest upsampling). The other upsamplers
+    have no weights. The backbone's block and random seed follow the checkpoint
+    (:func:`lift_rt.checkpoint.trained_backbone`), so every upsampler compared with it
+    sees the features it was trained on.
     """
     from lift_rt.backbones import build_backbone, get_spec, seeded
     from lift_rt.checkpoint import load_lift, trained_backbone
@@ -335,6 +338,13 @@ def build_feature_pipeline(
         module = None
     elif upsampler == "lift" and lift is not None:
         module = load_lift(lift, backbone=spec.name, facet=vit.facet)
+    elif upsampler == "rc" and rc is not None:
+        from lift_rt.train.models import load_upsampler
+
+        module, meta = load_upsampler(rc, backbone=spec.name, facet=vit.facet)
+        if meta.get("upsampler") != "rc":
+            raise ValueError(f"--rc {rc} holds a {meta.get('upsampler', 'lift')!r} upsampler, not a resize-conv "
+                             "(train one with python -m lift_rt.train --upsampler rc)")
     else:
         with seeded(seed):
             module = build_upsampler(upsampler, spec.dim, spec.patch_size)
@@ -464,6 +474,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pairs", type=int, default=None, help="pairs per category (default: 100 for SPair, 20 synthetic)")
     p.add_argument("--seed", type=int, default=0, help="draws the pairs (and random weights with --random-init); default 0")
     p.add_argument("--lift", default=None, help="LiFT checkpoint")
+    p.add_argument("--rc", default=None, metavar="CKPT", help="trained resize-conv for the rc row (lift_rt.train --upsampler rc); "
+                   "without it rc is evaluated untrained (identity-initialised: nearest) and labelled so")
     p.add_argument("--backbone-weights", default=None, help="official backbone checkpoint (default: the timm / Hugging Face cache)")
     p.add_argument("--random-init", action="store_true", help="random backbone (and LiFT) weights")
     p.add_argument("--iterations", type=int, default=1, help="LiFT applications for the lift row: 1 = 2x, 2 = 4x (default 1)")
@@ -503,16 +515,17 @@ def run_cli(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         pipeline = build_feature_pipeline(
             spec.name, name, lift=args.lift, random_init=args.random_init,
-            backbone_weights=args.backbone_weights, iterations=args.iterations,
+            backbone_weights=args.backbone_weights, iterations=args.iterations, rc=args.rc,
         )
         backend = build_backend(pipeline, args.backend, device=device, precision=args.precision)
-        rows[name] = {}
+        row = "rc (untrained)" if name == "rc" and args.rc is None else name
+        rows[row] = {}
         for size in args.resolutions:
             results = evaluate_pairs(
                 pairs, backend, size, matcher=args.matcher, device=device,
                 mutual=args.mutual, soft_argmax=args.soft_argmax, window=args.window,
             )
-            rows[name][size] = pck(results, ALPHAS, args.average)
+            rows[row][size] = pck(results, ALPHAS, args.average)
     weights = "random init" if args.random_init else "pretrained"
     categories = len({p.category for p in pairs})
     print(f"PCK ({args.average} average) on {args.dataset}: {len(pairs)} pairs, {categories} categories; "
