@@ -129,11 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             say("[3/4] checking: onnx.checker, then onnxruntime (CPU) vs PyTorch fp32 on random images")
             parity = check_onnx(onnx_path, pipeline, precision=args.precision)
-        command = shlex.join(["python", "-m", "lift_rt.export", *(sys.argv[1:] if argv is None else argv)])
-        engine_line, engine_parity = build_tensorrt(args, pipeline, out, say, command)
-    except (ValueError, RuntimeError, FileNotFoundError, WeightsNotFoundError) as exc:
+    except (ValueError, RuntimeError, OSError, WeightsNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    command = shlex.join(["python", "-m", "lift_rt.export", *(sys.argv[1:] if argv is None else argv)])
+    engine_failed = False
+    try:
+        engine_line, engine_parity = build_tensorrt(args, pipeline, out, say, command)
+    except Exception as exc:  # TensorRT and CUDA raise their own types; the ONNX graph is written either way
+        engine_failed = True
+        engine_line, engine_parity = f"not built: the build failed ({type(exc).__name__}: {exc})", None
+        print(f"error: TensorRT engine: {type(exc).__name__}: {exc}", file=sys.stderr)
     say(f"\nsummary ({time.perf_counter() - start:.0f} s)")
     say(f"  onnx    {onnx_path} ({size(onnx_path)})")
     say(f"  parity  onnxruntime CPU vs PyTorch: {parity}")
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if engine_parity is not None:
         say(f"  parity  TensorRT vs PyTorch: {engine_parity}")
     failed = [p for p in (parity, engine_parity) if isinstance(p, Parity) and not p.ok]
-    return 1 if failed else 0
+    return 1 if failed or engine_failed else 0
 
 
 def build_tensorrt(

@@ -55,6 +55,11 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Part of every key: bump it when a change to lift_rt makes the exported graph or engine differ for the
+# same weights (operator choices, casts, folding), so caches written by older code are rebuilt, not reused.
+EXPORT_FORMAT = 2
+
+
 @dataclass(frozen=True)
 class ArtifactKey:
     """Everything an exported file depends on. ``runtime``: e.g. ``torch-2.14.1`` or ``tensorrt-10.13``."""
@@ -73,6 +78,7 @@ class ArtifactKey:
     opt_batch: int | None = None
     opset: int | None = None
     device: str = "any"
+    export_format: int = EXPORT_FORMAT
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

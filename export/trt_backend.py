@@ -66,10 +66,17 @@ class TensorRTBackend(Backend):
 
     def run_chunk(self, context: Any, images: torch.Tensor) -> torch.Tensor:
         b, _, height, width = images.shape
-        out = torch.empty(self.pipeline.output_shape(b, height, width), dtype=self.dtype, device=self.device)
-        context.set_input_shape(INPUT_NAME, tuple(images.shape))
-        context.set_tensor_address(INPUT_NAME, images.data_ptr())
-        context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
-        if not context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
-            raise RuntimeError("TensorRT failed to enqueue the engine (see the TensorRT messages above)")
+        expected = self.pipeline.output_shape(b, height, width)
+        if not context.set_input_shape(INPUT_NAME, tuple(images.shape)):
+            raise RuntimeError(f"the TensorRT engine refused input shape {tuple(images.shape)} (its profile: batch 1..{self.max_batch})")
+        shape = tuple(context.get_tensor_shape(OUTPUT_NAME))
+        if shape != expected:  # the buffer below is sized for the pipeline's output: never let TensorRT write past it
+            raise RuntimeError(f"the TensorRT engine gives a {shape} output where the pipeline gives {expected}; "
+                               "rebuild it (delete the cached engine)")
+        with torch.cuda.device(self.device):
+            out = torch.empty(expected, dtype=self.dtype, device=self.device)
+            context.set_tensor_address(INPUT_NAME, images.data_ptr())
+            context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
+            if not context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+                raise RuntimeError("TensorRT failed to enqueue the engine (see the TensorRT messages above)")
         return out

@@ -108,19 +108,37 @@ def build_engine(
         raise RuntimeError(f"TensorRT could not parse {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, True)  # ignore_mismatch: a foreign cache is dropped, not fatal
+    config.set_timing_cache(load_timing_cache(config, timing_cache, log), True)  # ignore_mismatch: a foreign cache is dropped
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, (1, 3, height, width), (opt_batch, 3, height, width), (max_batch, 3, height, width))
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:
+        raise RuntimeError(f"TensorRT refused the optimisation profile batch 1..{max_batch} (opt {opt_batch}) at {height}x{width}")
     log(f"building TensorRT {trt.__version__} engine (batch 1..{max_batch}, {height}x{width}); this takes minutes")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT messages above)")
     plan_path.write_bytes(bytes(plan))
-    if timing_cache is not None:
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    if timing_cache is not None:  # written aside and renamed: an interrupted build never leaves half a cache
+        partial = timing_cache.with_name(f"{timing_cache.name}.{os.getpid()}.tmp")
+        partial.write_bytes(bytes(config.get_timing_cache().serialize()))
+        os.replace(partial, timing_cache)
+
+
+def load_timing_cache(config: Any, path: Path | None, log: Callable[[str], None]) -> Any:
+    """The timing cache stored at ``path``, or an empty one where there is none or it cannot be read
+    (then the bad file is removed with a message, and the build starts afresh)."""
+    if path is not None and path.is_file():
+        try:
+            cache = config.create_timing_cache(path.read_bytes())
+        except Exception as exc:  # TensorRT raises its own error types for a damaged cache
+            cache, reason = None, f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "TensorRT could not read it"
+        if cache is not None:
+            return cache
+        log(f"timing cache {path} is damaged ({reason}); removed, starting a new one")
+        path.unlink(missing_ok=True)
+    return config.create_timing_cache(b"")
 
 
 def deserialize(plan_path: Path) -> "trt.ICudaEngine | None":

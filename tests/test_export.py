@@ -131,7 +131,7 @@ def make_key(**changes) -> ArtifactKey:
 @pytest.mark.parametrize("change", [
     {"backbone": "dino_s16"}, {"facet": "query"}, {"layer": 9}, {"iterations": 2}, {"weights": "1" * 16},
     {"height": 112}, {"width": 112}, {"precision": "bf16"}, {"runtime": "tensorrt-11.4"}, {"max_batch": 16},
-    {"opt_batch": 4}, {"device": "A100-sm80"},
+    {"opt_batch": 4}, {"device": "A100-sm80"}, {"export_format": 99},
 ])
 def test_every_key_field_changes_the_file_name(change):
     assert make_key(**change).stem != make_key().stem
@@ -315,6 +315,8 @@ class FakeTensorRT(types.ModuleType):
 
             def create_timing_cache(self, data):
                 fake.record["timing_in"] = data
+                if data.startswith(b"DAMAGED"):
+                    raise RuntimeError("timing cache is corrupted")
                 self.cache = Cache(data)
                 return self.cache
 
@@ -322,7 +324,9 @@ class FakeTensorRT(types.ModuleType):
 
             def get_timing_cache(self): return self.cache
 
-            def add_optimization_profile(self, profile): fake.record["profiles"] = fake.record.get("profiles", 0) + 1
+            def add_optimization_profile(self, profile):
+                fake.record["profiles"] = fake.record.get("profiles", 0) + 1
+                return 0 if fake.profile_ok else -1
 
         class Builder:
             def __init__(self, logger): pass
@@ -357,6 +361,7 @@ class FakeTensorRT(types.ModuleType):
                 return ("engine", bytes(data)) if fake.deserialize_ok and data == plan else None
 
         self.deserialize_ok = deserialize_ok
+        self.profile_ok = True
         for cls in (Logger, NetworkDefinitionCreationFlag, MemoryPoolType, Builder, OnnxParser, Runtime):
             setattr(self, cls.__name__, cls)
 
@@ -373,6 +378,47 @@ def test_build_engine_uses_strongly_typed_network_and_profile(monkeypatch, tmp_p
     assert fake.record["workspace"] == ("workspace", 123) and fake.record["profiles"] == 1
     assert fake.record["timing_in"] == b"old" and timing.read_bytes() == b"TIMINGold"
     assert (tmp_path / "e.plan").read_bytes() == b"PLAN"
+
+
+def test_damaged_timing_cache_is_replaced(monkeypatch, tmp_path):
+    fake = FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    timing = tmp_path / "timing.cache"
+    timing.write_bytes(b"DAMAGED half a cache")
+    messages = []
+    trt_engine.build_engine(tmp_path / "g.onnx", tmp_path / "e.plan", height=112, width=112, max_batch=4, opt_batch=4,
+                            timing_cache=timing, log=messages.append)
+    assert any("timing cache" in m and "damaged" in m and "corrupted" in m for m in messages)
+    assert fake.record["timing_in"] == b"" and timing.read_bytes() == b"TIMING"  # a fresh cache, written whole
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_refused_profile_is_an_error(monkeypatch, tmp_path):
+    fake = FakeTensorRT()
+    fake.profile_ok = False
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    with pytest.raises(RuntimeError, match="refused the optimisation profile batch 1..4"):
+        trt_engine.build_engine(tmp_path / "g.onnx", tmp_path / "e.plan", height=112, width=112, max_batch=4, opt_batch=4,
+                                log=lambda m: None)
+
+
+@pytest.mark.parametrize("accepts, out_shape, match", [(False, (2, 384, 14, 14), "refused input shape"),
+                                                       (True, (2, 384, 7, 7), "gives a \\(2, 384, 7, 7\\) output")])
+def test_tensorrt_run_checks_shapes_before_writing(pipelines, accepts, out_shape, match):
+    """The output buffer is sized from the pipeline: an engine that disagrees must not be run into it."""
+    from lift_rt.export.trt_backend import TensorRTBackend
+
+    class Context:
+        def set_input_shape(self, name, shape): return accepts
+
+        def get_tensor_shape(self, name): return out_shape
+
+        def set_tensor_address(self, name, ptr): raise AssertionError("must not be reached")
+
+    backend = object.__new__(TensorRTBackend)
+    backend.pipeline, backend.max_batch = pipelines["dino_s16/4"], 4
+    with pytest.raises(RuntimeError, match=match):
+        backend.run_chunk(Context(), torch.zeros(2, 3, 112, 112))
 
 
 @pytest.mark.parametrize("fake,match", [(FakeTensorRT(parse_ok=False), "unsupported operator Foo"), (FakeTensorRT(plan=None), "failed to build")])
@@ -508,3 +554,20 @@ def test_cli_exports_checks_and_explains_missing_engine(capsys, onnx_cache):
         assert "python -m lift_rt.export --backbone dino_s16 --random-init --resolution 112 --out " in out
     else:
         assert "parity  TensorRT vs PyTorch" in out
+
+
+def test_cli_engine_failure_keeps_the_onnx_summary(capsys, monkeypatch, onnx_cache):
+    """A TensorRT or CUDA error of any type: a message and status 1, and the summary of what was written."""
+    import lift_rt.export.__main__ as cli
+
+    def failing_build(*args, **kwargs):
+        raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    monkeypatch.setattr(cli, "build_tensorrt", failing_build)
+    torch.manual_seed(0)
+    code = cli.main(["--backbone", "dino_s16", "--random-init", "--resolution", "112", "--out", str(onnx_cache)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "error: TensorRT engine: TypeError: pybind11::init()" in captured.err
+    assert "summary" in captured.out and "engine  not built: the build failed (TypeError" in captured.out
+    assert "onnx    " in captured.out and ": OK" in captured.out
