@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <tuple>
@@ -39,8 +40,10 @@ lift::SoftArgmaxProblem soft_argmax_problem(const OperandTuple& src, const Opera
                                             int64_t index, int64_t B, int64_t N, int64_t h, int64_t w, int64_t D,
                                             int radius, float temperature, bool normalize, float eps, int64_t out_xy) {
   if (radius < 0 || !(temperature > 0.f)) throw std::invalid_argument("radius must be >= 0 and temperature > 0");
+  // A window past the grid adds no cells; clamping keeps the kernels' (2 radius + 1)^2 buffers grid-sized.
+  const int window = static_cast<int>(std::min<int64_t>(radius, std::max<int64_t>(std::max(h, w) - 1, 0)));
   return {operand(src), operand(tgt), mask_view(mask), reinterpret_cast<const int64_t*>(index),
-          B, N, h, w, D, radius, temperature, normalize, eps, reinterpret_cast<float*>(out_xy)};
+          B, N, h, w, D, window, temperature, normalize, eps, reinterpret_cast<float*>(out_xy)};
 }
 
 }  // namespace

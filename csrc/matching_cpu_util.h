@@ -110,8 +110,10 @@ void merge_chunks(const float* part_vals, const int64_t* part_idx, int64_t parts
 void topk_cpu_exact(const TopKProblem& p, int isa, int n_threads);
 
 // Top-1 by int8 screening and exact fp32 rescoring (matching_screen.cpp): the same result as
-// topk_cpu_exact. Returns false, doing nothing, where no int8 kernel serves `isa`. `adaptive`: first
-// screen a sample of rows and hand batch elements whose rows mostly fall back to the exact kernel.
+// topk_cpu_exact, but for near-ties within fp32 rounding (the rescoring sums in its own order, so such
+// a tie may resolve to the other member). Returns false, doing nothing, where no int8 kernel serves
+// `isa`. `adaptive`: first screen a sample of rows and hand batch elements whose rows mostly fall back
+// to the exact kernel.
 bool nearest_cpu_screened(const TopKProblem& p, int isa, int n_threads, bool adaptive, bool allow_vnni);
 const char* screen_kernel_name(int isa, bool allow_vnni);  // "" where none serves `isa`
 

@@ -15,8 +15,13 @@ Conventions shared by every function here:
   current stream). Any strides are accepted; nothing is copied.
 * Accumulation is in fp32; similarities are returned as float32. With ``normalize=True`` (the
   default) rows are scaled to unit L2 norm first (``x / max(||x||, eps)``), i.e. cosine similarity.
-* Ties go to the lowest target index. NaN similarities never win; a row with no valid candidate
-  (all targets masked, or NaN in the source row) gets index -1 and similarity -inf.
+* Ties go to the lowest target index: between targets whose computed fp32 similarities are equal,
+  which is exact for identical target rows and for unnormalised integer data. Different rows whose
+  exact cosines tie (or differ by less than fp32 rounding) can round apart, and the kernels (scalar,
+  AVX2, AVX-512, screening, CUDA, the PyTorch reference) sum in different orders, so they may pick
+  different members of such a near-tie; the similarity returned agrees to fp32 rounding.
+  NaN similarities never win; a row with no valid candidate (all targets masked, or NaN in the
+  source row) gets index -1 and similarity -inf.
 * Not differentiable: gradients through the returned similarities raise (no autograd formula);
   recompute the similarity of the matched pairs with PyTorch ops where a gradient is needed.
 * Bad inputs (wrong rank, mismatched D or batch, empty target set, mixed devices or dtypes,
@@ -27,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import math
 import os
 from typing import Optional
 
@@ -66,7 +70,8 @@ def cpu_screen() -> str:
 
     Screening estimates every similarity from int8-quantised rows with a rigorous error bound and
     rescores in fp32 only the targets that bound cannot rule out, so results equal the exact fp32
-    kernel's; on large problems it is 1.2-2x faster than that kernel, depending on how well the data
+    kernel's up to the summation order of the rescoring (a near-tie, within fp32 rounding, may
+    resolve to the other member; see the module's tie rule); on large problems it is 1.2-2x faster than that kernel, depending on how well the data
     separate. 'auto' uses it for dense problems (a few million pairs or more, grid against grid, not
     a few keypoints) after screening a sample of rows says it pays; 'on' whenever k = 1 and an int8
     kernel exists for the CPU (AVX2 or AVX-512, see :func:`cpu_screen_kernel`); 'off' never.
@@ -210,6 +215,8 @@ def _check_pair(src: Tensor, tgt: Tensor, mask: Optional[Tensor], what: str = "t
                          f"got shapes {tuple(src.shape)} and {tuple(tgt.shape)}")
     unbatched = src.dim() == 2
     if unbatched:
+        if mask is not None:  # checked against the shape the caller used (M), not the batched view
+            _check_mask(mask, (tgt.shape[0],), tgt.device, f"{what}_mask")
         src, tgt = src.unsqueeze(0), tgt.unsqueeze(0)
         mask = None if mask is None else mask.unsqueeze(0)
     for name, x in (("src", src), ("tgt", tgt)):
@@ -252,10 +259,20 @@ def _size_pair(name: str, value) -> tuple[int, int]:
     return integer_arg(f"{name}[0]", value[0], 1), integer_arg(f"{name}[1]", value[1], 1)
 
 
+_FP32 = torch.finfo(torch.float32)
+
+
 def _positive_finite(name: str, value, *, zero_ok: bool = False) -> float:
+    """``value`` as a float that stays positive (or zero where allowed) and finite in float32, the kernels' type.
+
+    Plain comparisons rather than ``math.isfinite``: under ``torch.compile(dynamic=True)`` a float
+    argument arrives as a symbolic float, which comparisons accept and ``math`` functions do not.
+    """
     number = float(value)
-    if not (math.isfinite(number) and (number > 0 or (zero_ok and number == 0))):
-        raise ValueError(f"{name} must be a finite number {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+    in_range = _FP32.tiny <= number <= _FP32.max or (zero_ok and number == 0)  # False for NaN and +-inf too
+    if not in_range:
+        raise ValueError(f"{name} must be a finite number {'>= 0' if zero_ok else '> 0'} that float32 holds "
+                         f"({_FP32.tiny:.2g} .. {_FP32.max:.2g}{', or 0' if zero_ok else ''}), got {value!r}")
     return number
 
 
@@ -314,14 +331,14 @@ def soft_argmax(src: Tensor, tgt: Tensor, index: Tensor, grid_size: tuple[int, i
     tgt B x M x D holds a h x w grid (M = h * w, row-major); ``index`` B x N is a match per source
     row (e.g. from :func:`nearest`). Softmax of similarity / temperature over the valid cells of
     the (2 radius + 1)^2 window around each match -> expected position B x N x 2 as (x, y) in grid
-    cells (cell centres at integers). NaN where index is -1 or outside [0, M) (not checked here:
+    cells (cell centres at integers); a radius of max(h, w) - 1 or more covers the whole grid. NaN where index is -1 or outside [0, M) (not checked here:
     that would wait for the GPU), and where no cell of the window is valid.
     """
     src, tgt, mask, unbatched = _check_pair(src, tgt, mask)
     h, w = _size_pair("grid_size", grid_size)
     if h * w != tgt.shape[1]:
         raise ValueError(f"grid_size {grid_size} does not hold M = {tgt.shape[1]} targets")
-    radius = integer_arg("radius", radius, 0)
+    radius = min(integer_arg("radius", radius, 0), max(h, w) - 1)  # larger windows are the whole grid too
     temperature = _positive_finite("temperature", temperature)
     eps = _positive_finite("eps", eps, zero_ok=True)
     if not isinstance(index, Tensor):

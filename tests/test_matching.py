@@ -412,7 +412,35 @@ def test_torch_compile_smoke():
         return index + 1, sim * 2
 
     src, tgt = randn(2, 9, 12, seed=27), randn(2, 16, 12, seed=28)
-    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
-    out = compiled(src, tgt)
-    expected = f(src, tgt)
-    assert torch.equal(out[0], expected[0]) and torch.equal(out[1], expected[1])
+    for dynamic in (False, True):  # dynamic: shapes and float arguments (eps) arrive symbolic
+        torch._dynamo.reset()
+        compiled = torch.compile(f, backend="aot_eager", fullgraph=True, dynamic=dynamic)
+        out = compiled(src, tgt)
+        expected = f(src, tgt)
+        assert torch.equal(out[0], expected[0]) and torch.equal(out[1], expected[1])
+
+
+def test_unbatched_mask_errors_name_the_callers_shape():
+    src, tgt = randn(3, 4, seed=32), randn(5, 4, seed=33)
+    with pytest.raises(ValueError, match=r"tgt_mask must have shape \(5,\), got \(1, 5\)"):
+        matching.nearest(src, tgt, mask=torch.ones(1, 5, dtype=torch.bool))
+    index, _ = matching.nearest(src, tgt, mask=torch.tensor([False, True, False, True, False]))
+    assert set(index.tolist()) <= {1, 3}
+
+
+def test_soft_argmax_radius_beyond_the_grid_is_the_whole_grid():
+    src, tgt = randn(1, 3, 8, seed=30), randn(1, 12, 8, seed=31)
+    index, _ = matching.nearest(src, tgt)
+    whole = matching.soft_argmax(src, tgt, index, (3, 4), radius=3, temperature=0.5)
+    for radius in (4, 100_000, 2**40):  # no window buffer of (2r + 1)^2 cells is ever allocated
+        torch.testing.assert_close(matching.soft_argmax(src, tgt, index, (3, 4), radius=radius, temperature=0.5), whole)
+    torch.testing.assert_close(whole, ref.soft_argmax_reference(src, tgt, index, (3, 4), radius=3, temperature=0.5))
+    direct = torch.ops.lift_rt.soft_argmax.default(src, tgt, None, index, 3, 4, 2**30, 0.5, True, 1e-12)  # the op clamps too
+    torch.testing.assert_close(direct, whole)
+
+
+@pytest.mark.parametrize("value", [1e-50, 1e300, float("inf"), float("nan"), 0.0, -1.0])
+def test_temperature_must_survive_float32(value):
+    src, tgt = randn(1, 3, 8, seed=30), randn(1, 12, 8, seed=31)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0 that float32 holds"):
+        matching.soft_argmax(src, tgt, torch.zeros(1, 3, dtype=torch.long), (3, 4), temperature=value)
