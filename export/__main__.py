@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iterations", type=int, metavar="K", default=1, help="LiFT applications k: 2^k upsampling (default 1)")
     parser.add_argument("--max-batch", type=int, metavar="B", default=32, help="largest batch of the TensorRT profile (default 32)")
     parser.add_argument("--opt-batch", type=int, metavar="B", help="batch TensorRT tunes for (default min(8, max-batch))")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="graph precision (default fp32); fp16/bf16 for TensorRT")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp16",
+                        help="graph and engine precision (default fp16, what TensorRT engines run; fp32 for exact parity with PyTorch)")
     parser.add_argument("--out", type=Path, metavar="DIR", default=None, help=f"output/cache directory (default {default_cache_dir()})")
     parser.add_argument("--workspace-gb", type=positive_float, metavar="GIB", default=DEFAULT_WORKSPACE_BYTES / 2**30, help="TensorRT builder workspace limit in GiB (default 4)")
     parser.add_argument("--no-engine", action="store_true", help="write and check the ONNX graph only")

@@ -16,7 +16,7 @@ from lift_rt.engine import build_pipeline
 from lift_rt.model import LiFT
 from lift_rt.export import cache as cache_mod
 from lift_rt.export import trt_engine
-from lift_rt.export.__main__ import main
+from lift_rt.export.__main__ import build_parser, main
 from lift_rt.export.cache import ArtifactKey, cached_artifact, invalid_reason, sidecar, weights_hash
 from lift_rt.export.onnx_export import OPSET, cached_onnx, check_onnx, export_onnx, validate_onnx
 
@@ -501,6 +501,7 @@ def test_cli_help(capsys):
     text = capsys.readouterr().out
     for option in ("--backbone", "--lift-weights", "--random-init", "--resolution", "--max-batch", "--precision", "--out"):
         assert option in text
+    assert build_parser().parse_args(["--backbone", "dino_s8", "--random-init"]).precision == "fp16"  # the default
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -541,7 +542,7 @@ def test_cli_out_that_is_a_file_is_refused_before_any_work(capsys, tmp_path):
 def test_cli_exports_checks_and_explains_missing_engine(capsys, onnx_cache):
     # Same seed as the fixtures: the graph is reused from the shared cache when present.
     torch.manual_seed(0)
-    code = main(["--backbone", "dino_s16", "--random-init", "--resolution", "112", "--out", str(onnx_cache)])
+    code = main(["--backbone", "dino_s16", "--random-init", "--resolution", "112", "--precision", "fp32", "--out", str(onnx_cache)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "[4/4]" in out and "summary" in out
@@ -551,7 +552,7 @@ def test_cli_exports_checks_and_explains_missing_engine(capsys, onnx_cache):
     reason = trt_engine.tensorrt_unavailable_reason("cuda")
     if reason is not None:
         assert "engine  not built: " + reason in out
-        assert "python -m lift_rt.export --backbone dino_s16 --random-init --resolution 112 --out " in out
+        assert "python -m lift_rt.export --backbone dino_s16 --random-init --resolution 112 --precision fp32 --out " in out
     else:
         assert "parity  TensorRT vs PyTorch" in out
 
@@ -565,7 +566,7 @@ def test_cli_engine_failure_keeps_the_onnx_summary(capsys, monkeypatch, onnx_cac
 
     monkeypatch.setattr(cli, "build_tensorrt", failing_build)
     torch.manual_seed(0)
-    code = cli.main(["--backbone", "dino_s16", "--random-init", "--resolution", "112", "--out", str(onnx_cache)])
+    code = cli.main(["--backbone", "dino_s16", "--random-init", "--resolution", "112", "--precision", "fp32", "--out", str(onnx_cache)])
     captured = capsys.readouterr()
     assert code == 1
     assert "error: TensorRT engine: TypeError: pybind11::init()" in captured.err
