@@ -131,7 +131,7 @@ class ImageFolder(torch.utils.data.Dataset):
                 image = load_image(path, self.size)
                 break
             except Exception as exc:  # PIL raises many types for corrupt or truncated files
-                warnings.warn(f"skipping unreadable image {path}: {exc}", stacklevel=2)
+                warnings.warn(f"skipping unreadable image {path}: {exc}", stacklevel=1)
                 skipped += 1
         else:
             raise RuntimeError(f"none of the {len(self.files)} files under {self.root} could be read as an image")

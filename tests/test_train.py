@@ -279,6 +279,80 @@ def test_ctrl_c_saves_and_resume_finishes_the_same_run(straight, images, tmp_pat
     assert_same_run(straight / "epoch2.safetensors", tmp_path / "epoch2.safetensors")
 
 
+def copy_checkpoint(source: Path, folder: Path, name: str = "copy") -> Path:
+    """A copy of checkpoint ``source`` and its resume state under ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / f"{name}.safetensors"
+    copy.write_bytes(source.read_bytes())
+    sidecar_path(copy).write_bytes(sidecar_path(source).read_bytes())
+    return copy
+
+
+def test_out_holding_a_run_is_refused_without_resume(straight, images):
+    with pytest.raises(ValueError, match=r"already holds a run \(epoch1.safetensors, epoch2.safetensors\): continue it with --resume"):
+        Trainer(tiny_config(images, straight, use_image=False, loss="l1"))
+
+
+def test_resume_refuses_other_data_and_mixed_files(straight, images, tmp_path):
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    for path in sorted(images.iterdir())[:4]:
+        (fewer / path.name).write_bytes(path.read_bytes())
+    config = dict(use_image=False, loss="l1", epochs=3)
+    with pytest.raises(ValueError, match="trained on 8 images, --data .* holds 4"):
+        Trainer(tiny_config(fewer, tmp_path / "run", resume=str(straight / "epoch1.safetensors"), **config))
+    mixed = copy_checkpoint(straight / "epoch2.safetensors", tmp_path / "mixed")  # step-4 weights ...
+    sidecar_path(mixed).write_bytes(sidecar_path(straight / "epoch1.safetensors").read_bytes())  # ... step-2 state
+    with pytest.raises(ValueError, match="weights are from step 4 but its resume state .* from step 2"):
+        Trainer(tiny_config(images, tmp_path / "run", resume=str(mixed), **config))
+
+
+def test_resume_checks_settings_before_loading_weights(straight, images, tmp_path):
+    """Another upsampler is named in the settings message, not in a state-dict error."""
+    with pytest.raises(ValueError, match=r"use_image: False -> True") as info:
+        Trainer(tiny_config(images, tmp_path, loss="l1", resume=str(straight / "epoch1.safetensors")))
+    assert "state_dict" not in str(info.value) and "Unexpected key" not in str(info.value)
+
+
+def test_resume_with_nothing_left_to_train_says_so(straight, images, tmp_path, capsys):
+    config = dict(use_image=False, loss="l1")
+    for overrides in (dict(epochs=2), dict(epochs=5, max_steps=4)):  # at epoch 2 = --epochs; at step 4 = --max-steps
+        trainer = Trainer(tiny_config(images, tmp_path / "run", resume=str(straight / "epoch2.safetensors"), **config, **overrides))
+        assert trainer.fit() is None
+        assert "nothing to train: the run is at" in capsys.readouterr().out
+    assert not list((tmp_path / "run").glob("*.safetensors"))
+
+
+def test_a_failed_save_leaves_no_partial_files(images, tmp_path, monkeypatch, capsys):
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 123 vs 456\nNo space left on device")
+
+    monkeypatch.setattr("lift_rt.train.state.torch.save", full_disk)
+    out = tmp_path / "run"
+    code = main(["--backbone", "dino_s16", "--random-init", "--layer", "0", "--imsize", "64", "--batch", "4", "--workers", "0",
+                 "--max-steps", "1", "--no-progress", "--data", str(images), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and f"cannot write checkpoint {out / 'step1.safetensors'}: No space left on device" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl"]
+
+
+def test_cli_interruption_prints_how_to_continue(images, tmp_path, monkeypatch, capsys):
+    original = Trainer.step
+
+    def step_then_ctrl_c(self, *args):
+        self.stop_requested = True
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
+    argv = ["--backbone", "dino_s16", "--random-init", "--layer", "0", "--imsize", "64", "--batch", "4", "--workers", "0",
+            "--no-progress", "--data", str(images), "--out", str(tmp_path / "run")]
+    assert main(argv) == 130
+    out = capsys.readouterr().out
+    resume = tmp_path / "run" / "interrupted.safetensors"
+    assert f"saved {resume}" in out and f"continue with: python -m lift_rt.train {' '.join(argv)} --resume {resume}" in out
+
+
 def test_cli_run_of_the_full_lift_counts_unreadable_files(images, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()

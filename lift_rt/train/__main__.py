@@ -8,6 +8,7 @@ global batch, split over the processes).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from lift_rt.backbones import BACKBONES, FACETS
@@ -71,10 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FloatingPointError) as exc:  # bad data/weights, divergence: a message
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a full disk while saving: nothing half-written is left behind
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
     if path is None:
         return 0
     print(f"saved {path}")
-    return 130 if path.name.startswith("interrupted") else 0
+    if path.name.startswith("interrupted"):
+        given = sys.argv[1:] if argv is None else list(argv)
+        kept = [a for i, a in enumerate(given) if a != "--resume" and (i == 0 or given[i - 1] != "--resume")
+                and not a.startswith("--resume=")]
+        print("continue with: " + shlex.join([parser.prog.split()[0], *parser.prog.split()[1:], *kept, "--resume", str(path)]))
+        return 130
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 Data order is a seeded permutation per epoch, dealt round-robin to the ranks,
 so the global batch of step t is the same whatever the number of processes.
-``batch`` is the global batch (split evenly over the ranks). Rank 0 alone
+``batch`` is the global batch (split evenly over the ranks). On CUDA the batch
+norms are synchronised across ranks (SyncBatchNorm), so several GPUs compute
+what one would, up to summation order; CPU (gloo) runs keep per-rank batch
+statistics, as PyTorch's SyncBatchNorm runs on GPUs only. Rank 0 alone
 writes the progress bar, the JSONL log and the checkpoints.
 
 Interruption: SIGINT / SIGTERM set a flag; every rank sees it at the next step
@@ -32,7 +35,7 @@ from lift_rt.data import ImageFolder
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.train.losses import TwoScaleObjective, get_loss
 from lift_rt.train.models import build_frozen_backbone, build_trainable
-from lift_rt.train.state import Position, load_training_checkpoint, save_training_checkpoint
+from lift_rt.train.state import Position, load_training_checkpoint, read_resume_state, save_training_checkpoint
 
 # Settings that define a run: a resume must use the same values.
 RUN_SETTINGS: tuple[str, ...] = (
@@ -88,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ValueError(f"--max-steps must be positive, got {self.max_steps}")
+        if not 0.0 <= self.color_jitter < 1.0:
+            raise ValueError(f"--color-jitter must lie in [0, 1), got {self.color_jitter}")
         if self.backbone_weights is not None and self.random_init:
             raise ValueError("pass either --backbone-weights or --random-init, not both")
         if not 0 <= self.layer < spec.depth:
@@ -221,6 +226,11 @@ class Trainer:
         self.per_rank = config.batch // env.world
         self.out = Path(config.out)
         check_writable(self.out, "--out", folder=True)
+        earlier = sorted(self.out.glob("*.safetensors")) if self.out.is_dir() else []
+        if earlier and not config.resume:
+            raise ValueError(f"--out {self.out} already holds a run ({', '.join(p.name for p in earlier[:3])}"
+                             f"{', ...' if len(earlier) > 3 else ''}): continue it with --resume {earlier[-1]}, "
+                             "or choose another --out")
         # Weights, resume file and settings are checked (by loading them) before the data.
         backbone = build_frozen_backbone(
             config.backbone, weights=config.backbone_weights, random_init=config.random_init,
@@ -229,12 +239,16 @@ class Trainer:
         self.normaliser = LiftPipeline(backbone, lift=None).to(device)
         torch.manual_seed(config.seed)
         self.model = build_trainable(config.upsampler, config.backbone, use_image=config.use_image).to(device)
+        if env.active and device.type == "cuda":  # one set of batch statistics over the global batch
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.objective = TwoScaleObjective(self.model, self.normaliser.backbone, config.loss).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.position = Position()
-        if config.resume:
-            self.position = self._resume(config.resume)
+        resume_state = self._check_resume(config.resume) if config.resume else None
         self.dataset = self._dataset()
+        if resume_state is not None:
+            self._check_resume_data(config.resume, resume_state)
+            self.position = load_training_checkpoint(config.resume, self.model, self.optimizer, resume_state)
         self.sampler = ShardSampler(len(self.dataset), env.rank, env.world, config.seed)
         self.loader: torch.utils.data.DataLoader | None = None
         self.steps_per_epoch = len(self.dataset) // env.world // self.per_rank
@@ -258,16 +272,27 @@ class Trainer:
             )
         return dataset
 
-    def _resume(self, path: str) -> Position:
+    def run_settings(self) -> dict[str, Any]:
+        """What a resume must match: the settings of :data:`RUN_SETTINGS` and the number of training images."""
+        return {**self.config.settings(), "data_images": len(self.dataset)}
+
+    def _check_resume(self, path: str) -> dict[str, Any]:
+        """The resume state of ``path``, after checking its settings against this run's (before any weight is loaded)."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"--resume {path}: no such checkpoint file")
-        position, settings = load_training_checkpoint(path, self.model, self.optimizer)
-        current = self.config.settings()
+        state = read_resume_state(path)
+        settings, current = state["settings"], self.config.settings()
         changed = {k: (settings.get(k), current[k]) for k in RUN_SETTINGS if settings.get(k) != current[k]}
         if changed:
             listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise ValueError(f"--resume {path}: this run's settings differ from the checkpoint's ({listing})")
-        return position
+        return state
+
+    def _check_resume_data(self, path: str, state: dict[str, Any]) -> None:
+        saved = state["settings"].get("data_images")
+        if saved is not None and saved != len(self.dataset):
+            raise ValueError(f"--resume {path}: the checkpoint was trained on {saved} images, --data {self.config.data} "
+                             f"holds {len(self.dataset)}; its position in the data would point into another shuffle")
 
     # ---- one step -------------------------------------------------------------------------
     def step(self, images: torch.Tensor, skipped: int = 0) -> torch.Tensor:
@@ -336,10 +361,16 @@ class Trainer:
     def _epochs(self, log) -> Path | None:
         config, env, pos = self.config, self.env, self.position
         last = None
+        done = ([f"epoch {pos.epoch} >= --epochs {config.epochs}"] if pos.epoch >= config.epochs else []) + (
+            [f"step {pos.step} >= --max-steps {config.max_steps}"] if config.max_steps is not None and pos.step >= config.max_steps else [])
+        if done:
+            if env.rank == 0:
+                print(f"nothing to train: the run is at {' and '.join(done)}", flush=True)
+            return None
         while pos.epoch < config.epochs:
             bar = _progress(self.steps_per_epoch, pos.batch, f"epoch {pos.epoch + 1}/{config.epochs}",
                             enabled=config.progress and env.rank == 0)
-            tick, rate = time.perf_counter(), None
+            tick, rate, epoch_start, losses = time.perf_counter(), None, time.perf_counter(), []
             for images, skipped in self._loader(pos.epoch, pos.batch):
                 report = self.step(images, int(skipped.sum())).tolist()
                 pos.batch += 1
@@ -354,6 +385,7 @@ class Trainer:
                 if log is not None:
                     self._log(log, event="step", step=pos.step, epoch=pos.epoch + 1, loss=total, loss_half=half,
                               loss_quarter=quarter, images_per_s=speed, skipped=pos.skipped)
+                losses.append(total)
                 extra = {"skipped": pos.skipped} if pos.skipped else {}
                 bar.set_postfix(loss=f"{total:.4f}", img_s=f"{rate:.1f}", **extra)
                 bar.update(1)
@@ -367,6 +399,10 @@ class Trainer:
             pos.epoch += 1
             pos.batch = 0
             last = self._save(f"epoch{pos.epoch}", log)
+            if env.rank == 0 and not config.progress and losses:  # without a bar, one line per epoch
+                seconds = time.perf_counter() - epoch_start
+                print(f"epoch {pos.epoch}/{config.epochs}: mean loss {sum(losses) / len(losses):.4f} over {len(losses)} "
+                      f"steps, {len(losses) * config.batch / seconds:.1f} images/s, {seconds:.0f} s; saved {last}", flush=True)
         return last
 
     def _save(self, tag: str, log, event: str = "checkpoint") -> Path | None:
@@ -379,7 +415,7 @@ class Trainer:
                 "backbone_seed": str(config.seed), "imsize": str(config.imsize), "loss": config.loss,
             }
             path = save_training_checkpoint(self.out / f"{tag}.safetensors", self.model, self.optimizer,
-                                            self.position, config.settings(), meta)
+                                            self.position, self.run_settings(), meta)
             self._log(log, event=event, path=str(path), step=self.position.step, skipped=self.position.skipped)
         if self.env.active:
             dist.barrier()

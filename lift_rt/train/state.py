@@ -68,32 +68,34 @@ def save_training_checkpoint(
     """
     path = Path(path)
     extra = {**metadata, "epoch": str(position.epoch), "step": str(position.step)}
-    save_lift(upsampler, path, backbone=settings["backbone"], facet=settings["facet"], extra=extra)
     sidecar = {
         "optimizer": optimizer.state_dict(),
         "position": vars(position).copy(),
         "settings": dict(settings),
         "rng": rng_states(),
     }
-    tmp = sidecar_path(path).with_suffix(".tmp")
-    torch.save(sidecar, tmp)
-    os.replace(tmp, sidecar_path(path))
+    # Both files are written aside first and renamed after: a failed or interrupted save leaves the
+    # previous pair (or nothing), never half a file; the step in both tells a stray mix on resume.
+    weights_tmp, sidecar_tmp = path.with_name(path.name + ".tmp"), sidecar_path(path).with_suffix(".tmp")
+    try:
+        save_lift(upsampler, weights_tmp, backbone=settings["backbone"], facet=settings["facet"], extra=extra)
+        torch.save(sidecar, sidecar_tmp)
+    except (OSError, RuntimeError) as exc:  # a full disk shows as either (torch.save raises RuntimeError)
+        for tmp in (weights_tmp, sidecar_tmp):
+            tmp.unlink(missing_ok=True)
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__  # torch's last line is the OS's
+        raise OSError(f"cannot write checkpoint {path}: {reason}") from exc
+    os.replace(sidecar_tmp, sidecar_path(path))
+    os.replace(weights_tmp, path)
     return path
 
 
-def load_training_checkpoint(
-    path: str | os.PathLike, upsampler: nn.Module, optimizer: torch.optim.Optimizer
-) -> tuple[Position, dict[str, Any]]:
-    """Restore weights, optimizer and RNG states from ``path`` and its sidecar; returns (position, settings)."""
+def read_resume_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The sidecar of checkpoint ``path`` (optimizer, position, settings, rng), checked for shape, not applied."""
     path = Path(path)
     side = sidecar_path(path)
     if not side.is_file():
         raise FileNotFoundError(f"cannot resume from {path}: its resume state {side} is missing")
-    state, _ = read_lift_state(path)
-    try:
-        upsampler.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(f"{path} does not fit this run's upsampler: {exc}") from exc
     try:
         sidecar = torch.load(side, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt or not a torch file
@@ -102,6 +104,28 @@ def load_training_checkpoint(
         raise ValueError(f"cannot resume from {path}: its resume state {side} is unreadable ({load_error_reason(exc)})") from None
     if not isinstance(sidecar, dict) or not {"optimizer", "position", "settings", "rng"} <= sidecar.keys():
         raise ValueError(f"cannot resume from {path}: {side} is not a lift_rt resume state")
-    optimizer.load_state_dict(sidecar["optimizer"])
+    return sidecar
+
+
+def load_training_checkpoint(
+    path: str | os.PathLike, upsampler: nn.Module, optimizer: torch.optim.Optimizer, sidecar: dict[str, Any] | None = None
+) -> Position:
+    """Restore weights, optimizer and RNG states from ``path`` and its sidecar (read here unless given,
+    from :func:`read_resume_state`); returns the position. The two files must come from the same step."""
+    path = Path(path)
+    sidecar = read_resume_state(path) if sidecar is None else sidecar
+    state, meta = read_lift_state(path)
+    position = Position(**sidecar["position"])
+    if "step" in meta and meta["step"] != str(position.step):
+        raise ValueError(f"cannot resume from {path}: its weights are from step {meta['step']} but its resume state "
+                         f"{sidecar_path(path)} from step {position.step} (files of two saves)")
+    try:
+        upsampler.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path} does not fit this run's upsampler: {exc}") from exc
+    try:
+        optimizer.load_state_dict(sidecar["optimizer"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"cannot resume from {path}: the optimizer state in {sidecar_path(path)} does not fit ({exc!r})") from None
     set_rng_states(sidecar["rng"])
-    return Position(**sidecar["position"]), sidecar["settings"]
+    return position
