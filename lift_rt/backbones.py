@@ -95,7 +95,8 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec(
             name="leopart_s16", timm_arch="vit_small_patch16_224", patch_size=16, dim=384, heads=6,
             official_file="leopart_vits16.ckpt",
-            official_url="https://github.com/MkuuWaUjinga/leopart (release asset leopart_vits16.ckpt)",
+            official_url="https://www.dropbox.com/s/0kjy61jh4i3vbnh/leopart_vits16.ckpt?dl=0 (the 'full ckpt' of "
+                         "github.com/MkuuWaUjinga/leopart)",
             key_prefixes=("model.", "module.", "backbone.", "teacher."),
         ),
         BackboneSpec(
@@ -246,6 +247,9 @@ def convert_official_state_dict(spec: BackboneSpec, state: dict) -> dict[str, to
             state = state[wrapper]
             break
     prefixes = tuple(p for p in spec.key_prefixes if any(k.startswith(p) for k in state))
+    if not prefixes and "cls_token" not in state:  # another wrapper name: the one whose keys hold the ViT
+        wrappers = sorted({k.split(".", 1)[0] for k in state if k.endswith(".cls_token") and k.count(".") == 1})
+        prefixes = (wrappers[0] + ".",) if wrappers else ()
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):

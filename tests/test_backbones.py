@@ -166,6 +166,20 @@ def test_moco_checkpoint_prefix(tmp_path):
     torch.testing.assert_close(loaded.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("wrapper", ["model", "student_vit"])
+def test_leopart_checkpoint_under_any_wrapper_name(tmp_path, wrapper):
+    """Leopart's own loader strips the first dotted component of every key, whatever it is; so does this one."""
+    source = create_vit(BACKBONES["leopart_s16"])
+    with torch.no_grad():
+        source.cls_token.copy_(torch.randn_like(source.cls_token))
+    state = {f"{wrapper}.{k}": v for k, v in source.state_dict().items()}
+    state["projection_head.0.weight"] = torch.randn(8, 384)  # Leopart's full checkpoint also holds its head
+    path = tmp_path / "leopart_vits16.ckpt"
+    torch.save(state, path)
+    loaded = build_backbone("leopart_s16", weights=path, layer=0)
+    torch.testing.assert_close(loaded.cls_token, source.cls_token, rtol=0, atol=0)
+
+
 def test_checkpoint_for_another_backbone(tmp_path):
     path = tmp_path / "dino_vitbase16_pretrain.pth"
     torch.save(create_vit(BACKBONES["dino_b16"]).state_dict(), path)
