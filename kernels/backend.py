@@ -9,6 +9,7 @@ Kernel modules are imported only when the backend is built, so asking
 from __future__ import annotations
 
 import importlib.util
+import threading
 
 import torch
 
@@ -17,7 +18,11 @@ from lift_rt.pipeline import LiftPipeline
 
 
 class TritonBackend(Backend):
-    """Options: ``cuda_graph_max_batch`` (default 8; 0 turns CUDA graphs off)."""
+    """Options: ``cuda_graph_max_batch`` (default 8; 0 turns CUDA graphs off).
+
+    One CUDA graph (with its own memory pool) is kept per input shape up to that batch, for the
+    engine's lifetime: an engine fed many resolutions holds one graph for each.
+    """
 
     name = "triton"
 
@@ -28,12 +33,18 @@ class TritonBackend(Backend):
             raise BackendUnavailable(reason)
         from lift_rt.kernels.fold import fold_lift
         from lift_rt.kernels.lift_head import TritonLiFT
+        from lift_rt.model import LiFT
+
+        if pipeline.lift is not None and not isinstance(pipeline.lift, LiFT):
+            raise BackendUnavailable(f"the Triton kernels implement LiFT only, not {type(pipeline.lift).__name__} "
+                                     "(use backend='torch' or 'compile' for the other upsamplers)")
 
         self.lift = TritonLiFT(fold_lift(pipeline.lift, self.dtype, self.device)) if pipeline.lift is not None else None
         pipeline.to(self.device)  # normalise() reads the pipeline's mean/std buffers
         self.backbone = pipeline.backbone.to(self.dtype).eval()
         self.cuda_graph_max_batch = cuda_graph_max_batch
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self._graph_lock = threading.Lock()  # one replay at a time: the static buffers are shared
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str | None:
@@ -70,9 +81,12 @@ class TritonBackend(Backend):
         return self._graphs[key]
 
     def run(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[0] > self.cuda_graph_max_batch:
-            return self.forward(images)
-        graph, static_in, static_out = self._graph(images)
-        static_in.copy_(images)
-        graph.replay()
-        return static_out.clone(memory_format=torch.preserve_format)
+        # Triton launches on the current device and stream: make them the engine's (cuda:1 included).
+        with torch.cuda.device(self.device):
+            if images.shape[0] > self.cuda_graph_max_batch:
+                return self.forward(images)
+            with self._graph_lock:
+                graph, static_in, static_out = self._graph(images)
+                static_in.copy_(images)
+                graph.replay()
+                return static_out.clone(memory_format=torch.preserve_format)

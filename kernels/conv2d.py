@@ -73,7 +73,7 @@ def _conv2d_nhwc_kernel(
                                  H, W, CIN, COUT, sxb, sxh, sxw, sxc, KSIZE, STRIDE, DOT_PRECISION)
     acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
     out = y_ptr + offs_m.to(tl.int64)[:, None] * COUT + offs_n[None, :]
     tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 

@@ -92,6 +92,8 @@ def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, t
     bias = conv.bias.detach().double().cpu() if conv.bias is not None else weight.new_zeros(weight.shape[0])
     if bn is None:
         return weight, bias
+    if not bn.affine or bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"cannot fold {bn}: the Triton kernels need an affine batch norm with running statistics")
     scale = bn.weight.detach().double().cpu() / torch.sqrt(bn.running_var.detach().double().cpu() + bn.eps)
     shift = bn.bias.detach().double().cpu() - bn.running_mean.detach().double().cpu() * scale
     return weight * scale[:, None, None, None], bias * scale + shift
@@ -104,7 +106,8 @@ def taps_major(weight: torch.Tensor) -> torch.Tensor:
 
 
 def fold_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> FoldedConv:
-    if conv.kernel_size[0] != conv.kernel_size[1] or conv.padding[0] != conv.kernel_size[0] // 2 or conv.groups != 1:
+    if (conv.kernel_size[0] != conv.kernel_size[1] or conv.padding != (conv.kernel_size[0] // 2,) * 2 or conv.groups != 1
+            or conv.dilation != (1, 1) or conv.stride[0] != conv.stride[1]):
         raise ValueError(f"unsupported conv for the Triton kernels: {conv}")
     weight, bias = conv_bn(conv, bn)
     return FoldedConv(taps_major(weight), bias, conv.kernel_size[0], conv.stride[0])
@@ -112,8 +115,11 @@ def fold_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> FoldedConv:
 
 def compose_up_conv(up: nn.ConvTranspose2d, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> FoldedUpConv:
     """Compose the k2 s2 transposed conv into the following 3x3 conv (+ BN); see the module docstring."""
-    if up.kernel_size != (2, 2) or up.stride != (2, 2) or up.padding != (0, 0):
+    if (up.kernel_size != (2, 2) or up.stride != (2, 2) or up.padding != (0, 0) or up.output_padding != (0, 0)
+            or up.dilation != (1, 1) or up.groups != 1):
         raise ValueError(f"expected a kernel-2 stride-2 transposed conv, got {up}")
+    if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
+        raise ValueError(f"expected a 3x3 conv, padding 1, stride 1 after the transposed conv, got {conv}")
     w1, bias = conv_bn(conv, bn)  # N x (Cup + img) x 3 x 3
     wt = up.weight.detach().double().cpu()  # Cx x Cup x 2 x 2
     bt = up.bias.detach().double().cpu() if up.bias is not None else wt.new_zeros(wt.shape[1])

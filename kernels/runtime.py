@@ -44,8 +44,9 @@ def autotune(configs: list[triton.Config], key: list[str]):
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """``tl.dot`` input precision for fp32 operands: TF32 exactly when PyTorch's convolutions use it."""
-    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
+    """``tl.dot`` input precision for fp32 operands: TF32 exactly when PyTorch's convolutions use it, on NVIDIA
+    GPUs (Triton's AMD backend accepts tf32 on few chips; there fp32 stays IEEE)."""
+    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and torch.version.hip is None else "ieee"
 
 
 LOOP_FORMS = ("nested", "flat")

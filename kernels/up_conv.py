@@ -132,7 +132,7 @@ def _up_conv_kernel(
         wb = tl.load(wb_ptr + (parity * 4 + off) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         acc += tl.where(ok[:, None], wb[None, :], 0.0)
     acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    acc = tl.maximum(acc, 0.0)
+    acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
     out_pix = (bi.to(tl.int64) * HF + oy) * WF + ox
     tl.store(y_ptr + out_pix[:, None] * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
@@ -151,10 +151,17 @@ def up_conv(feats: torch.Tensor, img2: torch.Tensor | None, img1: torch.Tensor |
     device = weights.wx.device
     check_tensor("feats", feats, 4, device)
     b, hc, wc, c = feats.shape
+    if weights.wx.dim() != 3 or weights.wx.shape[0] != 16:
+        raise ValueError(f"weights.wx must be 16 x (C + img) x N (lift_rt.kernels.fold.compose_up_conv), got {tuple(weights.wx.shape)}")
     kx, n = weights.wx.shape[1:]
+    img_weights = weights.wimg.shape[1] if weights.wimg.dim() == 3 else -1
+    if (weights.wb.shape, weights.bias.shape, weights.wimg.shape[::2]) != ((16, n), (n,), (9, n)) or \
+            len({t.dtype for t in (weights.wx, weights.wb, weights.wimg, weights.bias)}) != 1:
+        raise ValueError(f"composed weights do not fit together: wx {tuple(weights.wx.shape)}, wb {tuple(weights.wb.shape)}, "
+                         f"wimg {tuple(weights.wimg.shape)}, bias {tuple(weights.bias.shape)} (one dtype for all)")
     img_c = kx - c
-    if img_c < 0 or weights.wimg.shape[1] != img_c:
-        raise ValueError(f"feats have {c} channels, but the weights expect {kx - weights.wimg.shape[1]}")
+    if img_c < 0 or img_weights != img_c:
+        raise ValueError(f"feats have {c} channels, but the weights expect {kx - img_weights}")
     if img_c:
         if img1 is None or img2 is None:
             raise ValueError("this LiFT uses the image branch: img1 and img2 are required")
@@ -170,8 +177,8 @@ def up_conv(feats: torch.Tensor, img2: torch.Tensor | None, img1: torch.Tensor |
     y = torch.empty(b, 2 * hc, 2 * wc, n, device=device, dtype=weights.wx.dtype)
     m = b * hc * wc
     grid = lambda meta: (4 * triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))
-    _up_conv_kernel[grid](
-        feats, img2, img1, weights.wx, weights.wb, weights.wimg, weights.bias, y,
+    _up_conv_kernel[grid](  # the kernel indexes the weights as dense arrays
+        feats, img2, img1, weights.wx.contiguous(), weights.wb.contiguous(), weights.wimg.contiguous(), weights.bias.contiguous(), y,
         m, hc, wc, c, n, *feats.stride(),
         IMG_C=img_c, DOT_PRECISION=dot_precision(weights.wx.dtype), FLAT=flat_loops(),
     )

@@ -115,11 +115,11 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
     return cls.unavailable_reason(torch.device(device))
 
 
-def choose_backend(device: torch.device) -> tuple[str, list[str]]:
-    """The fastest backend present for ``device``, and why the faster ones were skipped."""
+def choose_backend(device: torch.device, exclude: list[str] | tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """The fastest backend present for ``device`` (not in ``exclude``), and why the faster ones were skipped."""
     order = AUTO_ORDER_GPU if torch.device(device).type == "cuda" else AUTO_ORDER_CPU
     skipped = []
-    for name in order:
+    for name in (n for n in order if n not in exclude):
         reason = unavailable_reason(name, device)
         if reason is None:
             return name, skipped

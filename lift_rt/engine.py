@@ -159,14 +159,25 @@ class Engine:
         self.spec = self.pipeline.spec
         self.precision = precision
         self.skipped: list[str] = []
-        if backend == "auto":
-            backend, self.skipped = choose_backend(self.device)
-        cls = backend_class(backend)
+        if backend != "auto":
+            self.backend: Backend = self._build_backend(backend, precision, backend_options)
+            return
+        while True:  # the fastest present that also accepts this pipeline (triton runs LiFT only, say)
+            name, skipped = choose_backend(self.device, exclude=[entry.split(":")[0] for entry in self.skipped])
+            self.skipped += skipped
+            try:
+                self.backend = self._build_backend(name, precision, backend_options)
+                return
+            except BackendUnavailable as exc:
+                self.skipped.append(f"{name}: {exc}")
+
+    def _build_backend(self, name: str, precision: str, options: dict[str, Any]) -> Backend:
+        cls = backend_class(name)
         reason = cls.unavailable_reason(self.device)
         if reason is not None:
-            raise BackendUnavailable(f"backend {backend!r} cannot run on {self.device}: {reason}")
-        check_backend_options(cls, backend, backend_options)
-        self.backend: Backend = cls(self.pipeline, device=self.device, precision=precision, **backend_options)
+            raise BackendUnavailable(f"backend {name!r} cannot run on {self.device}: {reason}")
+        check_backend_options(cls, name, options)
+        return cls(self.pipeline, device=self.device, precision=precision, **options)
 
     @property
     def backend_name(self) -> str:

@@ -134,6 +134,19 @@ def test_features_are_ordinary_tensors(backend, tmp_path):
     assert weight.grad is not None
 
 
+def test_auto_backend_passes_over_one_that_refuses_the_pipeline(monkeypatch):
+    """triton runs LiFT only: with another upsampler, auto takes the next backend and says why."""
+    from lift_rt import backends
+    from lift_rt.kernels.backend import TritonBackend
+    from lift_rt.upsamplers import build_upsampler
+
+    monkeypatch.setattr(backends, "AUTO_ORDER_CPU", ("triton", "torch"))
+    monkeypatch.setattr(TritonBackend, "unavailable_reason", classmethod(lambda cls, device: None))
+    engine = Engine("dino_s16", lift=build_upsampler("bilinear", 384, 16), random_init=True, layer=0, backend="auto", device="cpu")
+    assert engine.backend_name == "torch"
+    assert len(engine.skipped) == 1 and engine.skipped[0].startswith("triton: the Triton kernels implement LiFT only")
+
+
 def test_auto_backend_says_which():
     from lift_rt.backends import choose_backend
 

@@ -95,7 +95,38 @@ def test_backend_matches_torch_backend(batch):
     eng.backend.backbone.load_state_dict(ref.pipeline.backbone.state_dict())
     out = eng(images)
     assert_close(out, ref(images), torch.float32)
+    kept = out.clone()
+    other = torch.rand(batch, 3, 224, 224, device=DEVICE)
+    assert_close(eng(other), ref(other), torch.float32)  # a new input of the same shape reaches the graph
+    assert torch.equal(out, kept)  # and the result handed out before is the caller's, not the graph's buffer
     assert_close(eng(images), out, torch.float32)  # graph replay is repeatable
+
+
+def test_backend_refuses_other_upsamplers(monkeypatch):
+    from lift_rt.backends import BackendUnavailable
+    from lift_rt.engine import build_pipeline
+    from lift_rt.kernels.backend import TritonBackend
+    from lift_rt.upsamplers import build_upsampler
+
+    monkeypatch.setattr(TritonBackend, "unavailable_reason", classmethod(lambda cls, device: None))
+    pipeline = build_pipeline("dino_s16", lift=build_upsampler("bilinear", 384, 16), random_init=True, layer=0)
+    with pytest.raises(BackendUnavailable, match="implement LiFT only, not Bilinear"):
+        TritonBackend(pipeline, device=torch.device("meta"), precision="fp16")
+
+
+def test_relu_keeps_nan():
+    """A NaN feature (say an fp16 overflow in the ViT) must come out NaN, as from torch.relu, never a plausible 0."""
+    from lift_rt.kernels.conv2d import conv2d_nhwc
+
+    x = torch.randn(1, 4, 5, 8, device=DEVICE)
+    x[0, 2, 3, 1] = float("nan")
+    out = conv2d_nhwc(x, torch.randn(1, 8, 6, device=DEVICE), torch.zeros(6, device=DEVICE), relu=True)
+    assert torch.isnan(out[0, 2, 3]).all() and torch.isfinite(out[0, 0]).all()
+    lift = random_lift(16)
+    head = TritonLiFT(fold_lift(lift, torch.float32, DEVICE))
+    image, feats = torch.rand(1, 3, 24, 24, device=DEVICE), torch.randn(1, 16, 3, 3, device=DEVICE)
+    feats[0, :, 1, 1] = float("nan")
+    assert torch.isnan(head(image, feats)).any()
 
 
 def test_backend_moves_the_whole_pipeline(monkeypatch):
