@@ -226,8 +226,8 @@ class Trainer:
         self.per_rank = config.batch // env.world
         self.out = Path(config.out)
         check_writable(self.out, "--out", folder=True)
-        earlier = sorted(self.out.glob("*.safetensors")) if self.out.is_dir() else []
-        if earlier and not config.resume:
+        earlier = sorted(self.out.glob("*.safetensors"), key=lambda p: p.stat().st_mtime) if self.out.is_dir() else []
+        if earlier and not config.resume:  # the newest checkpoint is the one to continue from
             raise ValueError(f"--out {self.out} already holds a run ({', '.join(p.name for p in earlier[:3])}"
                              f"{', ...' if len(earlier) > 3 else ''}): continue it with --resume {earlier[-1]}, "
                              "or choose another --out")
