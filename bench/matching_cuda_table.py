@@ -167,12 +167,17 @@ def main() -> None:
     date = datetime.date.today().isoformat()
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"matching-cuda-{re.sub(r'[^a-z0-9]+', '-', device.lower()).strip('-')}-{date}.json"
-    result = {"device": device, "commit": commit(), "date": date, "torch": torch.__version__, "rows": []}
+    # On a lent machine the checkout's git names the session's first commit, not the tree sent: gpu_session.sh
+    # passes the real one in LIFT_GPU_COMMIT.
+    result = {"device": device, "commit": os.environ.get("LIFT_GPU_COMMIT") or commit(), "date": date,
+              "torch": torch.__version__, "rows": []}
     for dtype in args.dtypes:
         for n in args.sizes:
             for d in DIMS:
                 result["rows"].append(case(n, d, DTYPES[dtype]))
-                out.write_text(json.dumps(result, indent=2))
+                partial = out.with_name(out.name + ".tmp")  # written aside and renamed: a kill mid-write keeps the last whole file
+                partial.write_text(json.dumps(result, indent=2))
+                os.replace(partial, out)
                 print(markdown(result["rows"][-1:]).splitlines()[-1], flush=True)
     print(f"\n{device}, commit {result['commit']}, {date}\n\n{markdown(result['rows'])}\n\nsaved {out}")
     for r in result["rows"]:

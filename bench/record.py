@@ -52,11 +52,12 @@ def run_benchmarks(pytest_args: list[str]) -> dict:
 
 
 def record(raw: dict, note: str = "", *, device: str | None = None, commit_id: str | None = None,
-           torch_version: str | None = None) -> Path:
+           torch_version: str | None = None, overwrite: bool = True) -> Path:
     """Keep what the table needs (and the machine) from pytest-benchmark's JSON; write it.
 
     ``device``, ``commit_id`` and ``torch_version`` default to this machine's (pass them for
-    results made elsewhere).
+    results made elsewhere). ``overwrite=False`` keeps an existing record of the same device and
+    day and writes this one beside it, named with its commit.
     """
     import torch
 
@@ -76,8 +77,21 @@ def record(raw: dict, note: str = "", *, device: str | None = None, commit_id: s
     slug = re.sub(r"[^a-z0-9]+", "-", device.lower().split(",")[0]).strip("-")[:40]
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{PREFIX}{slug}-{now:%Y-%m-%d}.json"
+    if not overwrite:
+        path = unused_path(path, data["commit"])
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path
+
+
+def unused_path(path: Path, tag: str) -> Path:
+    """``path``, or ``<stem>-<tag>[-n]<suffix>`` beside it where ``path`` exists already."""
+    if not path.exists():
+        return path
+    base = f"{path.stem}-{re.sub(r'[^A-Za-z0-9]+', '', tag) or 'run'}"
+    candidate, n = path.with_name(base + path.suffix), 2
+    while candidate.exists():
+        candidate, n = path.with_name(f"{base}-{n}{path.suffix}"), n + 1
+    return candidate
 
 
 # The line bench/test_bench_lift_head.py prints per GPU case (kept when a stopped stage writes no JSON).
@@ -137,6 +151,10 @@ def import_session(folder: Path) -> list[Path]:
     device = gpu_line.split(",")[0].strip() or "unknown GPU"
     match = re.search(r"^torch (\S+)", machine, re.MULTILINE)
     torch_version = match.group(1) if match else None
+    match = re.search(r"^tested commit: (\S+)", machine, re.MULTILINE)  # LIFT_GPU_COMMIT: the tree sent, not the device's git
+    tested_commit = match.group(1) if match else None
+    match = re.match(r"\s*(\d{4}-\d{2}-\d{2}T[\d:]+)Z?", machine)  # machine.txt opens with the session's UTC time
+    session_time = match.group(1) + "+00:00" if match else None
     written = []
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(folder / "session.tgz") as archive:
         archive.extractall(tmp, filter="data")
@@ -154,7 +172,7 @@ def import_session(folder: Path) -> list[Path]:
                 merged.setdefault("commit_info", raw.get("commit_info", {}))
                 merged["benchmarks"] += raw["benchmarks"]
             else:  # bench/matching_cuda_table.py output, already in its final form
-                written.append(RESULTS / path.name)
+                written.append(unused_path(RESULTS / path.name, raw.get("commit", "run")))
                 written[-1].write_text(path.read_text())
         named = {b["name"] for b in merged["benchmarks"]}
         for log in sorted(logs.glob("*-bench.jsonl")):  # bench/conftest.py's per-benchmark lines (LIFT_BENCH_LOG)
@@ -179,14 +197,17 @@ def import_session(folder: Path) -> list[Path]:
         if train_log.is_file():
             notes.append(training_summary(train_log))
         slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")[:40]
+        if not merged.get("datetime") and session_time:
+            merged["datetime"] = session_time
         date = (merged.get("datetime") or datetime.date.today().isoformat())[:10]
+        info = merged.get("commit_info", {})
+        commit_id = tested_commit or (info.get("id") or "unknown")[:7] + ("+dirty" if info.get("dirty") else "")
         if merged["benchmarks"]:
-            info = merged.get("commit_info", {})
-            commit_id = (info.get("id") or "unknown")[:7] + ("+dirty" if info.get("dirty") else "")
-            written.append(record(merged, "bench/gpu_session.sh", device=device, commit_id=commit_id, torch_version=torch_version))
+            written.append(record(merged, "bench/gpu_session.sh", device=device, commit_id=commit_id, torch_version=torch_version,
+                                  overwrite=False))
         failures = "".join(line for log in sorted(logs.glob("*.log")) for line in log.read_text(errors="replace").splitlines(True)
                            if line.startswith(("FAILED", "ERROR")))
-        summary = RESULTS / f"gpu-session-{slug}-{date}.txt"
+        summary = unused_path(RESULTS / f"gpu-session-{slug}-{date}.txt", commit_id)
         summary.write_text(f"{machine}\n{(folder / 'stages.txt').read_text()}\n{failures or 'no FAILED / ERROR lines'}\n"
                            + "".join(f"{note}\n" for note in notes))
         written.append(summary)

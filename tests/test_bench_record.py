@@ -110,3 +110,35 @@ def test_import_session_keeps_what_a_stopped_stage_printed(session, tmp_path, mo
     assert "pipeline.json: empty or cut off" in summary and "pipeline-bench.jsonl: a cut-off line skipped" in summary
     assert "test_lift_head_gpu[eager_fp32-448-32]" in {b["name"] for b in rec["benchmarks"]}  # pytest's own id
     assert "backbone dino_s8, batch 64, imsize 448): 4 steps, median 575 images/s, slowest step 26 images/s" in summary
+
+
+def test_a_second_import_keeps_the_first_and_names_the_tested_commit(session, tmp_path, monkeypatch):
+    """Two device calls on one day: both records stay. The commit is the tree sent (LIFT_GPU_COMMIT), not the device's git."""
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(record, "RESULTS", results)
+    record.import_session(session)
+    (session / "machine.txt").write_text(MACHINE + "tested commit: abcdef1\n")
+    written = {path.name for path in record.import_session(session)}
+    assert written == {"matching-cuda-nvidia-h200-2026-11-27-run.json", "bench-nvidia-h200-2026-11-27-abcdef1.json",
+                       "gpu-session-nvidia-h200-2026-11-27-abcdef1.txt"}
+    assert json.loads((results / "bench-nvidia-h200-2026-11-27.json").read_text())["commit"] == "0123456"
+    assert json.loads((results / "bench-nvidia-h200-2026-11-27-abcdef1.json").read_text())["commit"] == "abcdef1"
+
+
+def test_import_without_any_json_dates_the_record_from_machine_txt(session, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    (work / "lift_head.json").write_text("")  # the stage was stopped: only its printed lines remain
+    (work / "head.log").write_text(
+        "[tritonflat bfloat16 224px b1] floor 0.0058 ms (5.69 MB, 5.78 GFLOP on H100), CUDA-event median 0.0700 ms = 12.0x floor, "
+        "relative error vs eager fp32 2.5e-03\n")
+    (session / "session.tgz").unlink()
+    with tarfile.open(session / "session.tgz", "w:gz") as archive:
+        archive.add(work, arcname=".")
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(record, "RESULTS", results)
+    record.import_session(session)
+    rec = json.loads((results / "bench-nvidia-h200-2026-11-27.json").read_text())
+    assert rec["date"].startswith("2026-11-27T10:00")
+    assert [b["name"] for b in rec["benchmarks"]] == ["test_lift_head_gpu[tritonflat_bf16-224-1]"]
