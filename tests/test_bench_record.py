@@ -29,6 +29,18 @@ def head_benchmark(variant: str, device_ms: float) -> dict:
             "stats": {"mean": 1e-3, "stddev": 1e-5, "rounds": 50}}
 
 
+def reimport(session: Path, work: Path, tmp_path: Path, monkeypatch) -> Path:
+    """Pack ``work`` as the session's session.tgz again, import it into a fresh results folder; return that folder."""
+    (session / "session.tgz").unlink()
+    with tarfile.open(session / "session.tgz", "w:gz") as archive:
+        archive.add(work, arcname=".")
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(record, "RESULTS", results)
+    record.import_session(session)
+    return results
+
+
 @pytest.fixture
 def session(tmp_path: Path) -> Path:
     """A $OUT as gpu_session.sh leaves it: machine.txt, stages.txt, session.tgz."""
@@ -88,13 +100,7 @@ def test_import_session_keeps_what_a_stopped_stage_printed(session, tmp_path, mo
             "extra_info": {"kind": "pipeline", "backend": "torch", "precision": "bf16", "size": 224, "batch": 1,
                            "gflops": 47.6, "images_per_s": 500.0}}
     (work / "pipeline-bench.jsonl").write_text(json.dumps(line) + "\n" + json.dumps(line)[:40])  # killed mid-line
-    (session / "session.tgz").unlink()
-    with tarfile.open(session / "session.tgz", "w:gz") as archive:
-        archive.add(work, arcname=".")
-    results = tmp_path / "results"
-    results.mkdir()
-    monkeypatch.setattr(record, "RESULTS", results)
-    record.import_session(session)
+    results = reimport(session, work, tmp_path, monkeypatch)
     rec = json.loads((results / "bench-nvidia-h200-2026-11-27.json").read_text())
     heads = {(b["extra_info"]["variant"], b["extra_info"]["height"], b["extra_info"]["batch"]): b
              for b in rec["benchmarks"] if b["extra_info"]["kind"] == "lift_head"}
@@ -132,13 +138,7 @@ def test_import_without_any_json_dates_the_record_from_machine_txt(session, tmp_
     (work / "head.log").write_text(
         "[tritonflat bfloat16 224px b1] floor 0.0058 ms (5.69 MB, 5.78 GFLOP on H100), CUDA-event median 0.0700 ms = 12.0x floor, "
         "relative error vs eager fp32 2.5e-03\n")
-    (session / "session.tgz").unlink()
-    with tarfile.open(session / "session.tgz", "w:gz") as archive:
-        archive.add(work, arcname=".")
-    results = tmp_path / "results"
-    results.mkdir()
-    monkeypatch.setattr(record, "RESULTS", results)
-    record.import_session(session)
+    results = reimport(session, work, tmp_path, monkeypatch)
     rec = json.loads((results / "bench-nvidia-h200-2026-11-27.json").read_text())
     assert rec["date"].startswith("2026-11-27T10:00")
     assert [b["name"] for b in rec["benchmarks"]] == ["test_lift_head_gpu[tritonflat_bf16-224-1]"]
