@@ -151,17 +151,18 @@ def up_conv(feats: torch.Tensor, img2: torch.Tensor | None, img1: torch.Tensor |
     device = weights.wx.device
     check_tensor("feats", feats, 4, device)
     b, hc, wc, c = feats.shape
-    if weights.wx.dim() != 3 or weights.wx.shape[0] != 16:
-        raise ValueError(f"weights.wx must be 16 x (C + img) x N (lift_rt.kernels.fold.compose_up_conv), got {tuple(weights.wx.shape)}")
-    kx, n = weights.wx.shape[1:]
-    img_weights = weights.wimg.shape[1] if weights.wimg.dim() == 3 else -1
-    if (weights.wb.shape, weights.bias.shape, weights.wimg.shape[::2]) != ((16, n), (n,), (9, n)) or \
-            len({t.dtype for t in (weights.wx, weights.wb, weights.wimg, weights.bias)}) != 1:
-        raise ValueError(f"composed weights do not fit together: wx {tuple(weights.wx.shape)}, wb {tuple(weights.wb.shape)}, "
-                         f"wimg {tuple(weights.wimg.shape)}, bias {tuple(weights.bias.shape)} (one dtype for all)")
+    wx, wb, wimg, bias = weights.wx, weights.wb, weights.wimg, weights.bias
+    if wx.dim() != 3 or wimg.dim() != 3:
+        raise ValueError(f"weights.wx and weights.wimg must be 3-d (lift_rt.kernels.fold.compose_up_conv), "
+                         f"got {tuple(wx.shape)} and {tuple(wimg.shape)}")
+    kx, n = wx.shape[1:]
+    fits = wx.shape[0] == 16 and wb.shape == (16, n) and wimg.shape[::2] == (9, n) and bias.shape == (n,)
+    if not fits or len({t.dtype for t in (wx, wb, wimg, bias)}) != 1:
+        raise ValueError(f"composed weights do not fit together: wx {tuple(wx.shape)} (16 x C+img x N), wb {tuple(wb.shape)} "
+                         f"(16 x N), wimg {tuple(wimg.shape)} (9 x img x N), bias {tuple(bias.shape)} (N), one dtype for all")
     img_c = kx - c
-    if img_c < 0 or img_weights != img_c:
-        raise ValueError(f"feats have {c} channels, but the weights expect {kx - img_weights}")
+    if img_c < 0 or wimg.shape[1] != img_c:
+        raise ValueError(f"feats have {c} channels, but the weights expect {kx - wimg.shape[1]}")
     if img_c:
         if img1 is None or img2 is None:
             raise ValueError("this LiFT uses the image branch: img1 and img2 are required")
@@ -174,12 +175,12 @@ def up_conv(feats: torch.Tensor, img2: torch.Tensor | None, img1: torch.Tensor |
         img1, img2 = img1.contiguous(), img2.contiguous()
     else:
         img1 = img2 = feats  # never read
-    y = torch.empty(b, 2 * hc, 2 * wc, n, device=device, dtype=weights.wx.dtype)
+    y = torch.empty(b, 2 * hc, 2 * wc, n, device=device, dtype=wx.dtype)
     m = b * hc * wc
     grid = lambda meta: (4 * triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))
     _up_conv_kernel[grid](  # the kernel indexes the weights as dense arrays
-        feats, img2, img1, weights.wx.contiguous(), weights.wb.contiguous(), weights.wimg.contiguous(), weights.bias.contiguous(), y,
+        feats, img2, img1, wx.contiguous(), wb.contiguous(), wimg.contiguous(), bias.contiguous(), y,
         m, hc, wc, c, n, *feats.stride(),
-        IMG_C=img_c, DOT_PRECISION=dot_precision(weights.wx.dtype), FLAT=flat_loops(),
+        IMG_C=img_c, DOT_PRECISION=dot_precision(wx.dtype), FLAT=flat_loops(),
     )
     return y

@@ -13,7 +13,8 @@ imported only when asked for.
 from __future__ import annotations
 
 import importlib
-from typing import ClassVar
+import inspect
+from typing import Any, ClassVar
 
 import torch
 
@@ -115,13 +116,56 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
     return cls.unavailable_reason(torch.device(device))
 
 
-def choose_backend(device: torch.device, exclude: list[str] | tuple[str, ...] = ()) -> tuple[str, list[str]]:
-    """The fastest backend present for ``device`` (not in ``exclude``), and why the faster ones were skipped."""
-    order = AUTO_ORDER_GPU if torch.device(device).type == "cuda" else AUTO_ORDER_CPU
+def auto_order(device: torch.device) -> tuple[str, ...]:
+    """The backends ``auto`` tries on ``device``, fastest first."""
+    return AUTO_ORDER_GPU if torch.device(device).type == "cuda" else AUTO_ORDER_CPU
+
+
+def choose_backend(device: torch.device) -> tuple[str, list[str]]:
+    """The fastest backend present for ``device``, and why the faster ones were skipped."""
     skipped = []
-    for name in (n for n in order if n not in exclude):
+    for name in auto_order(device):
         reason = unavailable_reason(name, device)
         if reason is None:
             return name, skipped
         skipped.append(f"{name}: {reason}")
+    raise BackendUnavailable("no backend can run here:\n" + "\n".join(skipped))
+
+
+def check_backend_options(cls: type[Backend], name: str, options: dict[str, Any]) -> None:
+    """TypeError naming the options backend ``name`` does not take, and the ones it does."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = sorted(k for k, p in params.items()
+                      if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("device", "precision"))
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"backend {name!r} takes no option {', '.join(map(repr, unknown))} "
+            f"(its options: {', '.join(accepted) or 'none'})"
+        )
+
+
+def build_backend(pipeline: LiftPipeline, name: str, *, device: torch.device, precision: str = "fp32",
+                  options: dict[str, Any] | None = None) -> tuple[Backend, list[str]]:
+    """Backend ``name`` on ``pipeline``, or for ``"auto"`` the fastest present that accepts it (triton runs
+    LiFT only, say); returns it with why faster ones were skipped (``"name: reason"`` lines)."""
+    options = options or {}
+    if name != "auto":
+        cls = backend_class(name)
+        reason = cls.unavailable_reason(device)
+        if reason is not None:
+            raise BackendUnavailable(f"backend {name!r} cannot run on {device}: {reason}")
+        check_backend_options(cls, name, options)
+        return cls(pipeline, device=device, precision=precision, **options), []
+    skipped = []
+    for candidate in auto_order(device):
+        reason = unavailable_reason(candidate, device)
+        if reason is None:
+            try:
+                return build_backend(pipeline, candidate, device=device, precision=precision, options=options)[0], skipped
+            except BackendUnavailable as exc:
+                reason = str(exc)
+        skipped.append(f"{candidate}: {reason}")
     raise BackendUnavailable("no backend can run here:\n" + "\n".join(skipped))

@@ -57,6 +57,12 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     return resized[0].clamp_(0.0, 1.0)
 
 
+def check_jitter(strength: float, name: str = "colour jitter") -> None:
+    """Raise ValueError unless ``strength`` lies in [0, 1) (0: no jitter)."""
+    if not 0.0 <= strength < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {strength}")
+
+
 def color_jitter(image: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
     """Brightness, contrast and saturation jitter of ``3 x H x W`` in [0, 1].
 
@@ -91,8 +97,7 @@ class ImageFolder(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, size: int, *, jitter: float = 0.0, seed: int = 0) -> None:
         if size <= 0:
             raise ValueError(f"image size must be positive, got {size}")
-        if not 0.0 <= jitter < 1.0:
-            raise ValueError(f"colour jitter must lie in [0, 1), got {jitter}")
+        check_jitter(jitter)
         self.root = Path(root)
         self.files = find_images(root)
         self.size = size

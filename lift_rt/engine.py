@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from lift_rt.backbones import build_backbone, check_resolution, get_spec, seeded
-from lift_rt.backends import Backend, BackendUnavailable, backend_class, choose_backend
+from lift_rt.backends import build_backend
 from lift_rt.checkpoint import load_lift, trained_backbone
 from lift_rt.model import LiFT
 from lift_rt.pipeline import LiftPipeline
@@ -90,21 +89,6 @@ def engine_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def check_backend_options(cls: type[Backend], name: str, options: dict[str, Any]) -> None:
-    """TypeError naming the options backend ``name`` does not take, and the ones it does."""
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = sorted(k for k, p in params.items()
-                      if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("device", "precision"))
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise TypeError(
-            f"backend {name!r} takes no option {', '.join(map(repr, unknown))} "
-            f"(its options: {', '.join(accepted) or 'none'})"
-        )
-
-
 class Engine:
     """Dense LiFT features for a batch of images.
 
@@ -158,26 +142,8 @@ class Engine:
         )
         self.spec = self.pipeline.spec
         self.precision = precision
-        self.skipped: list[str] = []
-        if backend != "auto":
-            self.backend: Backend = self._build_backend(backend, precision, backend_options)
-            return
-        while True:  # the fastest present that also accepts this pipeline (triton runs LiFT only, say)
-            name, skipped = choose_backend(self.device, exclude=[entry.split(":")[0] for entry in self.skipped])
-            self.skipped += skipped
-            try:
-                self.backend = self._build_backend(name, precision, backend_options)
-                return
-            except BackendUnavailable as exc:
-                self.skipped.append(f"{name}: {exc}")
-
-    def _build_backend(self, name: str, precision: str, options: dict[str, Any]) -> Backend:
-        cls = backend_class(name)
-        reason = cls.unavailable_reason(self.device)
-        if reason is not None:
-            raise BackendUnavailable(f"backend {name!r} cannot run on {self.device}: {reason}")
-        check_backend_options(cls, name, options)
-        return cls(self.pipeline, device=self.device, precision=precision, **options)
+        self.backend, self.skipped = build_backend(self.pipeline, backend, device=self.device, precision=precision,
+                                                   options=backend_options)
 
     @property
     def backend_name(self) -> str:

@@ -352,18 +352,11 @@ def build_feature_pipeline(
 
 
 def build_backend(pipeline, backend: str = "torch", *, device: str | torch.device = "cpu", precision: str = "fp32", **options):
-    """Wrap a pipeline in a backend by name; ``BackendUnavailable`` says why one cannot run."""
-    from lift_rt.backends import BackendUnavailable, backend_class, choose_backend
+    """Wrap a pipeline in a backend by name (as :class:`lift_rt.Engine` does); ``BackendUnavailable`` says why one cannot run."""
+    from lift_rt import backends
     from lift_rt.engine import engine_device
 
-    device = engine_device(device)
-    if backend == "auto":
-        backend, _ = choose_backend(device)
-    cls = backend_class(backend)
-    reason = cls.unavailable_reason(device)
-    if reason is not None:
-        raise BackendUnavailable(f"backend {backend!r} cannot run on {device}: {reason}")
-    return cls(pipeline, device=device, precision=precision, **options)
+    return backends.build_backend(pipeline, backend, device=engine_device(device), precision=precision, options=options)[0]
 
 
 def random_weight_files(backbone: str, directory: str | os.PathLike, *, seed: int = 0) -> tuple[Path, Path]:

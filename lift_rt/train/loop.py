@@ -31,7 +31,7 @@ from torch import nn
 
 from lift_rt.backbones import get_spec
 from lift_rt.cli import check_writable, cli_device
-from lift_rt.data import ImageFolder
+from lift_rt.data import ImageFolder, check_jitter
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.train.losses import TwoScaleObjective, get_loss
 from lift_rt.train.models import build_frozen_backbone, build_trainable
@@ -91,8 +91,7 @@ class TrainConfig:
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ValueError(f"--max-steps must be positive, got {self.max_steps}")
-        if not 0.0 <= self.color_jitter < 1.0:
-            raise ValueError(f"--color-jitter must lie in [0, 1), got {self.color_jitter}")
+        check_jitter(self.color_jitter, "--color-jitter")
         if self.backbone_weights is not None and self.random_init:
             raise ValueError("pass either --backbone-weights or --random-init, not both")
         if not 0 <= self.layer < spec.depth:
@@ -361,8 +360,11 @@ class Trainer:
     def _epochs(self, log) -> Path | None:
         config, env, pos = self.config, self.env, self.position
         last = None
-        done = ([f"epoch {pos.epoch} >= --epochs {config.epochs}"] if pos.epoch >= config.epochs else []) + (
-            [f"step {pos.step} >= --max-steps {config.max_steps}"] if config.max_steps is not None and pos.step >= config.max_steps else [])
+        done = []  # a resumed run may already be where this one should stop
+        if pos.epoch >= config.epochs:
+            done.append(f"epoch {pos.epoch} >= --epochs {config.epochs}")
+        if config.max_steps is not None and pos.step >= config.max_steps:
+            done.append(f"step {pos.step} >= --max-steps {config.max_steps}")
         if done:
             if env.rank == 0:
                 print(f"nothing to train: the run is at {' and '.join(done)}", flush=True)
