@@ -60,3 +60,17 @@ def test_fold_lift_casts_and_needs_eval_mode():
     assert not fold_lift(random_lift(16, use_image=False)).use_image
     with pytest.raises(ValueError, match="eval"):
         fold_lift(lift.train())
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda lift: setattr(lift.up1.conv_1.double_conv, "1", torch.nn.BatchNorm2d(192, affine=False).eval()), "cannot fold"),
+    (lambda lift: setattr(lift.up1.conv_1.double_conv, "1", torch.nn.BatchNorm2d(192, track_running_stats=False)), "cannot fold"),
+    (lambda lift: setattr(lift.up1.conv_1.double_conv, "0", torch.nn.Conv2d(240, 192, 3, padding=2, dilation=2, bias=False)), "3x3 conv"),
+    (lambda lift: setattr(lift.up1, "up", torch.nn.ConvTranspose2d(416, 208, 2, stride=2, dilation=2)),
+     "kernel-2 stride-2 transposed conv"),
+])
+def test_layers_the_kernels_do_not_implement_are_refused(change, match):
+    lift = random_lift(384)
+    change(lift)
+    with pytest.raises(ValueError, match=match):
+        fold_lift(lift.eval())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -73,3 +75,23 @@ def test_up_conv_rejects_bad_inputs():
         up_conv(feats, img2, img1[:, :4], weights)
     with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
         up_conv(feats.to(torch.int32), img2, img1, weights)
+
+
+def test_up_conv_weights_any_layout_and_checked(loop_form):
+    """Weights given as non-contiguous views give the same result; weights that do not fit together are refused."""
+    lift = random_lift(16)
+    d = lift.up1.conv_1.double_conv
+    weights = compose_up_conv(lift.up1.up, d[0], d[1])
+    weights.wx, weights.wb, weights.wimg, weights.bias = (t.float().to(DEVICE) for t in (weights.wx, weights.wb, weights.wimg, weights.bias))
+    feats, img2, img1 = (nhwc(t) for t in make_inputs(lift, 1, 3, 4, torch.float32))
+    dense = up_conv(feats, img2, img1, weights)
+    strided = copy.copy(weights)
+    strided.wx = weights.wx.transpose(1, 2).contiguous().transpose(1, 2)  # same values, N-major memory
+    assert not strided.wx.is_contiguous()
+    torch.testing.assert_close(up_conv(feats, img2, img1, strided), dense, rtol=0, atol=0)
+    for field, bad in (("wb", weights.wb[:, :-1]), ("bias", weights.bias.half()), ("wimg", weights.wimg[:8])):
+        broken = copy.copy(weights)
+        setattr(broken, field, bad)
+        with pytest.raises(ValueError, match="composed weights do not fit together"):
+            up_conv(feats, img2, img1, broken)
+
