@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lift_rt.backbones import build_backbone
+from lift_rt.backbones import BACKBONES, build_backbone
 from lift_rt.engine import build_pipeline
 from lift_rt.model import LiFT
 from lift_rt.export import cache as cache_mod
@@ -61,6 +61,16 @@ def test_fp32_graph_matches_pytorch(pipelines, onnx_cache, backbone, resolution)
     graph = onnx.load(str(path), load_external_data=False).graph
     batch_dim = graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.dim_value, "batch must be dynamic"
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_every_backbone_exports_and_matches_pytorch(onnx_cache, backbone):
+    # One block and a 2 x 2 patch grid: the smallest graph that still has the backbone's own parts
+    # (positional embedding, norm, facet) and, for patch 14, the fixed-window pooling (7 -> 4 cells).
+    pipeline = seeded_pipeline(backbone, layer=0)
+    size = 2 * BACKBONES[backbone].patch_size
+    parity = check_onnx(cached_onnx(pipeline, size, cache_dir=onnx_cache), pipeline, batch=3, seed=1)
+    assert parity.ok and parity.rel <= 1e-5, parity
 
 
 def test_batch_one_runs(pipelines, onnx_cache):
