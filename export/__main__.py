@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from lift_rt.backbones import BACKBONES, WeightsNotFoundError, check_layer, check_resolution, get_spec
 from lift_rt.cli import positive_float
@@ -34,6 +36,8 @@ examples:
       --backbone-weights dino_deitsmall8_pretrain.pth --precision fp16
   python -m lift_rt.export --backbone dino_s16 --random-init --resolution 448 --iterations 2
 """
+# Indents the library's log lines (exports, cache hits, removals) under the step they belong to.
+LOG_INDENT = "      "
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -102,10 +106,32 @@ def size(path: Path) -> str:
     return f"{path.stat().st_size / 2**20:.1f} MiB"
 
 
+@contextlib.contextmanager
+def show_logs() -> Iterator[None]:
+    """Print the ``lift_rt`` loggers' INFO and above on stdout, indented, while the command runs."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(LOG_INDENT + "%(message)s"))
+    root = logging.getLogger("lift_rt")
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     validate(parser, args)
+    with show_logs():
+        return run(args, sys.argv[1:] if argv is None else argv)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    """Export, check, build; print the summary. Returns the exit status."""
     out = args.out if args.out is not None else default_cache_dir()
     height, width = args.resolution
     say = lambda message: print(message, flush=True)  # noqa: E731
@@ -118,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             backbone_weights=args.backbone_weights, random_init=args.random_init,
         )
         say(f"[2/4] exporting ONNX (opset {OPSET[args.precision]}, {args.precision}, {height}x{width}, dynamic batch) into {out}")
-        onnx_path = cached_onnx(pipeline, (height, width), precision=args.precision, cache_dir=out, log=lambda m: say("      " + m))
+        onnx_path = cached_onnx(pipeline, (height, width), precision=args.precision, cache_dir=out)
         parity: Parity | str
         if args.no_check:
             parity = "not checked (--no-check)"
@@ -133,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError, WeightsNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    command = shlex.join(["python", "-m", "lift_rt.export", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "lift_rt.export", *argv])
     engine_failed = False
     try:
         engine_line, engine_parity = build_tensorrt(args, pipeline, out, say, command)
@@ -168,7 +194,7 @@ def build_tensorrt(
     say(f"[4/4] TensorRT engine: batch 1..{args.max_batch}, {args.precision}")
     path, _ = cached_engine(
         pipeline, args.resolution, precision=args.precision, max_batch=args.max_batch, opt_batch=args.opt_batch,
-        cache_dir=out, workspace_bytes=int(args.workspace_gb * 2**30), log=lambda m: say("      " + m),
+        cache_dir=out, workspace_bytes=int(args.workspace_gb * 2**30),
     )
     backend = TensorRTBackend(
         pipeline, device="cuda", precision=args.precision, max_batch=args.max_batch, opt_batch=args.opt_batch, cache_dir=out,
