@@ -534,6 +534,8 @@ def test_cli_help(capsys):
     for option in ("--backbone", "--lift-weights", "--random-init", "--resolution", "--max-batch", "--precision", "--out"):
         assert option in text
     assert build_parser().parse_args(["--backbone", "dino_s8", "--random-init"]).precision == "fp16"  # the issue's default
+    status = text[text.index("exit status:"):]
+    assert all(f"\n  {code}  " in status for code in (0, 1, 2)) and "python -m lift_rt.export: error:" in status
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -571,6 +573,44 @@ def test_cli_out_that_is_a_file_is_refused_before_any_work(capsys, tmp_path):
     assert "[1/4]" not in captured.out
 
 
+@pytest.mark.parametrize("out", ["read_only", "read_only/new"])
+def test_cli_read_only_out_is_refused_before_any_work(capsys, monkeypatch, tmp_path, out):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: answer as the system does for any other user
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: access(path, mode) and not (mode & os.W_OK and Path(path) == read_only))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--backbone", "dino_s16", "--random-init", "--out", str(tmp_path / out)])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert f"python -m lift_rt.export: error: --out {tmp_path / out} cannot be written: {read_only} is not writable" in captured.err
+    assert "[1/4]" not in captured.out
+
+
+def test_cli_late_error_is_one_prefixed_line_and_status_2(capsys, tmp_path):
+    garbage = tmp_path / "lift.pth"
+    garbage.write_bytes(b"garbage")
+    code = main(["--backbone", "dino_s16", "--random-init", "--lift-weights", str(garbage), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"python -m lift_rt.export: error: cannot read LiFT checkpoint {garbage}") and err.count("\n") == 1, err
+
+
+def test_cli_bf16_summary_says_parity_is_not_checked(capsys, pipelines, onnx_cache):
+    # The graph of test_bf16_graph_is_valid_onnx (same seed and layer), reused from the shared cache when present.
+    torch.manual_seed(0)
+    code = main(["--backbone", "dino_s16", "--random-init", "--layer", "3", "--resolution", "112", "--precision", "bf16",
+                 "--out", str(onnx_cache)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "  checker OK\n" in out
+    assert ("  parity  not checked: onnxruntime's CPU provider cannot run bf16 graphs; only a TensorRT engine build "
+            "(on an NVIDIA GPU) checks the bf16 numerics\n") in out
+    assert "onnxruntime CPU vs PyTorch" not in out
+
+
 def test_cli_exports_checks_and_explains_missing_engine(capsys, onnx_cache):
     # Same seed as the fixtures: the graph is reused from the shared cache when present.
     torch.manual_seed(0)
@@ -581,16 +621,18 @@ def test_cli_exports_checks_and_explains_missing_engine(capsys, onnx_cache):
     assert "relative" in out and ": OK" in out
     onnx_line = next(line for line in out.splitlines() if line.strip().startswith("onnx "))
     assert Path(onnx_line.split()[1]).is_file() and "MiB" in onnx_line
+    assert ("      exporting dino_s16 112x112 fp32 to ONNX" in out) != ("      using cached " in out)  # the library's log, indented
     reason = trt_engine.tensorrt_unavailable_reason("cuda")
     if reason is not None:
-        assert "engine  not built: " + reason in out
+        assert "engine  not built: " + reason + "\n" in out
+        assert out.count("not built") == 1 and out.count(reason) == 1, out  # said once, in the summary
         assert "python -m lift_rt.export --backbone dino_s16 --random-init --resolution 112 --precision fp32 --out " in out
     else:
         assert "parity  TensorRT vs PyTorch" in out
 
 
 def test_cli_engine_failure_keeps_the_onnx_summary(capsys, monkeypatch, onnx_cache):
-    """A TensorRT or CUDA error of any type: a message and status 1, and the summary of what was written."""
+    """A TensorRT or CUDA error of any type: the summary of what was written, then the error line and status 2."""
     import lift_rt.export.__main__ as cli
 
     def failing_build(*args, **kwargs):
@@ -600,7 +642,7 @@ def test_cli_engine_failure_keeps_the_onnx_summary(capsys, monkeypatch, onnx_cac
     torch.manual_seed(0)
     code = cli.main(["--backbone", "dino_s16", "--random-init", "--resolution", "112", "--precision", "fp32", "--out", str(onnx_cache)])
     captured = capsys.readouterr()
-    assert code == 1
-    assert "error: TensorRT engine: TypeError: pybind11::init()" in captured.err
+    assert code == 2
+    assert captured.err == "python -m lift_rt.export: error: TensorRT engine: TypeError: pybind11::init(): factory function returned nullptr\n"
     assert "summary" in captured.out and "engine  not built: the build failed (TypeError" in captured.out
     assert "onnx    " in captured.out and ": OK" in captured.out
