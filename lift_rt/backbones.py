@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lift_rt.errors import load_error_reason
+
 Facet = Literal["key", "query", "value", "token"]
 FACETS: tuple[str, ...] = ("key", "query", "value", "token")
 
@@ -272,7 +274,6 @@ def load_backbone_weights(spec: BackboneSpec, vit: nn.Module, path: str | os.Pat
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or not a torch file
-        from lift_rt.cli import load_error_reason
 
         raise ValueError(f"cannot read backbone checkpoint {path}: not a valid checkpoint file ({load_error_reason(exc)})") from None
     if not isinstance(state, dict):
@@ -299,6 +300,27 @@ def load_backbone_weights(spec: BackboneSpec, vit: nn.Module, path: str | os.Pat
     vit.load_state_dict({k: state[k] for k in wanted}, strict=False)
 
 
+HUB_WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")  # timm's files, in its order
+
+
+def hub_cache_file(spec: BackboneSpec) -> Path | None:
+    """The timm weights of ``spec.hub_tag`` in the local Hugging Face cache, or None (never downloads)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(spec.hub_tag)
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    for filename in ((cfg.hf_hub_filename,) if cfg.hf_hub_filename else HUB_WEIGHT_FILES):
+        try:
+            return Path(hf_hub_download(repo, filename, revision=revision or None, local_files_only=True))
+        except LocalEntryNotFoundError:
+            continue
+    return None
+
+
 def load_from_hub_cache(spec: BackboneSpec) -> nn.Module:
     """timm pretrained weights from the local Hugging Face cache only (never downloads)."""
     import timm
@@ -308,16 +330,8 @@ def load_from_hub_cache(spec: BackboneSpec) -> nn.Module:
             f"{spec.name} has no hub copy; download {spec.official_file} from {spec.official_url} "
             f"and pass it as backbone_weights=PATH"
         )
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    # huggingface_hub reads the variable once, at import (timm has imported it by now): set its flag too.
-    hub_constants = _hub_constants()
-    previous_flag = getattr(hub_constants, "HF_HUB_OFFLINE", None)
-    if hub_constants is not None:
-        hub_constants.HF_HUB_OFFLINE = True
-    try:
-        return timm.create_model(spec.hub_tag, pretrained=True, num_classes=0, **spec.timm_kwargs)
-    except Exception as exc:
+    path = hub_cache_file(spec)
+    if path is None:
         where = os.environ.get("HF_HOME", "~/.cache/huggingface")
         official = f", or download {spec.official_file} from {spec.official_url} and pass backbone_weights=PATH" if spec.official_file else ""
         raise WeightsNotFoundError(
@@ -325,23 +339,9 @@ def load_from_hub_cache(spec: BackboneSpec) -> nn.Module:
             f"Hugging Face cache under {where}). Fetch them on a connected machine with "
             f"`timm.create_model('{spec.hub_tag}', pretrained=True)` and copy the cache here{official}; "
             f"or ask for random weights explicitly (random_init=True; --random-init on the command line)."
-        ) from exc
-    finally:
-        if hub_constants is not None:
-            hub_constants.HF_HUB_OFFLINE = previous_flag
-        if previous is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = previous
-
-
-def _hub_constants():
-    """``huggingface_hub.constants`` (its offline flag), or None where huggingface_hub is absent."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        return None
-    return constants
+        )
+    return timm.create_model(spec.hub_tag, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, num_classes=0,
+                             **spec.timm_kwargs)
 
 
 @contextlib.contextmanager

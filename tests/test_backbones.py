@@ -1,5 +1,8 @@
 """Backbone registry, facets (the authors' channel order), resolutions, weight sources."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -199,19 +202,38 @@ def test_corrupt_or_missing_backbone_file(tmp_path):
         build_backbone("dino_s16", weights=bad, random_init=True)
 
 
-def test_hub_cache_lookup_is_offline(monkeypatch):
-    """huggingface_hub reads HF_HUB_OFFLINE at import: the lookup must switch its flag, never download."""
-    import timm
+def fake_hub_cache(cache: Path, repo: str, state: dict) -> None:
+    """The Hugging Face cache layout for ``repo`` holding ``state`` as model.safetensors."""
+    from safetensors.torch import save_file
+
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0" * 40)
+
+
+def test_hub_cache_lookup_reads_the_local_cache_and_changes_no_global_state(monkeypatch, tmp_path):
+    """timm weights come from the local cache (local_files_only): no download, no process-wide offline switch."""
+    import huggingface_hub
     from huggingface_hub import constants
+    from timm.models import get_pretrained_cfg
 
-    seen = []
+    from lift_rt.backbones import create_vit
 
-    def fake_create_model(*args, **kwargs):
-        seen.append(constants.is_offline_mode())
-        raise RuntimeError("not cached")
-
-    monkeypatch.setattr(timm, "create_model", fake_create_model)
-    before = constants.HF_HUB_OFFLINE
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.file_download, "get_hf_file_metadata",
+                        lambda *a, **k: pytest.fail("the lookup went to the network"))
+    env_before, flag_before = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
     with pytest.raises(WeightsNotFoundError, match="random_init=True"):
-        build_backbone("dino_s16")
-    assert seen == [True] and constants.HF_HUB_OFFLINE == before
+        build_backbone("dino_s16")  # empty cache: the message says what to fetch
+    spec = get_spec("dino_s16")
+    torch.manual_seed(3)
+    state = create_vit(spec).state_dict()
+    fake_hub_cache(tmp_path, get_pretrained_cfg(spec.hub_tag).hf_hub_id, state)
+    vit = build_backbone("dino_s16")
+    for got, key in ((vit.patch_embed.weight, "patch_embed.proj.weight"), (vit.pos_embed, "pos_embed"),
+                     (vit.blocks[11].attn.qkv.weight, "blocks.11.attn.qkv.weight")):
+        torch.testing.assert_close(got.detach(), state[key], rtol=0, atol=0)
+    assert os.environ.get("HF_HUB_OFFLINE") == env_before and constants.HF_HUB_OFFLINE == flag_before
