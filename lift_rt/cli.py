@@ -101,3 +101,13 @@ def load_error_reason(exc: BaseException) -> str:
     """:func:`first_line` of a ``torch.load`` error, without torch's advice to load with weights_only=False."""
     reason = first_line(exc)
     return type(exc).__name__ if "weights_only" in reason else reason
+
+
+def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every evaluation command shares for where its features come from: --backbone-weights,
+    --random-init, --backend, --precision, --device."""
+    parser.add_argument("--backbone-weights", default=None, help="official backbone checkpoint (default: the timm / Hugging Face cache)")
+    parser.add_argument("--random-init", action="store_true", help="random backbone (and LiFT) weights")
+    parser.add_argument("--backend", default="torch", help="Engine backend for the features (default torch; auto picks the fastest)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="feature precision (default fp32)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
