@@ -68,6 +68,7 @@ def test_tokencut_recovers_an_oracle_object():
     assert found.box == (24.0, 16.0, 56.0, 40.0)  # cells of 8 x 8 pixels
     np.testing.assert_array_equal(found.mask, mask)
     assert found.mask[found.seed] and found.eigenvector[found.seed] > 0
+    assert tokencut(one_hot(mask), (64, 80), binary=False).box == found.box  # the authors' weighted-graph ablation
 
 
 def test_tokencut_keeps_the_seed_component_only():
