@@ -39,3 +39,13 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every evaluation command shares for where its features come from: --backbone-weights,
+    --random-init, --backend, --precision, --device."""
+    parser.add_argument("--backbone-weights", default=None, help="official backbone checkpoint (default: the timm / Hugging Face cache)")
+    parser.add_argument("--random-init", action="store_true", help="random backbone (and LiFT) weights")
+    parser.add_argument("--backend", default="torch", help="Engine backend for the features (default torch; auto picks the fastest)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="feature precision (default fp32)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")

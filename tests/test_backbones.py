@@ -17,7 +17,8 @@ def dino_s16():
 
 def test_registry_entries():
     expected = {"dino_s16": (16, 384), "dino_s8": (8, 384), "dino_b16": (16, 768), "dino_b8": (8, 768),
-                "moco_s16": (16, 384), "vit_s16": (16, 384), "leopart_s16": (16, 384), "dinov2_s14": (14, 384)}
+                "moco_s16": (16, 384), "vit_s16": (16, 384), "leopart_s16": (16, 384), "dinov2_s14": (14, 384),
+                "selfpatch_s16": (16, 384)}
     for name, (patch, dim) in expected.items():
         spec = BACKBONES[name]
         assert (spec.patch_size, spec.dim) == (patch, dim)
@@ -127,6 +128,8 @@ def test_no_weights_means_error_not_random():
         build_backbone("dino_s8")
     with pytest.raises(WeightsNotFoundError, match="leopart_vits16.ckpt"):
         build_backbone("leopart_s16")
+    with pytest.raises(WeightsNotFoundError, match="dino_selfpatch.pth"):
+        build_backbone("selfpatch_s16")
 
 
 def test_official_checkpoint_round_trip(tmp_path):
@@ -181,6 +184,44 @@ def test_leopart_checkpoint_under_any_wrapper_name(tmp_path, wrapper):
     torch.save(state, path)
     loaded = build_backbone("leopart_s16", weights=path, layer=0)
     torch.testing.assert_close(loaded.cls_token, source.cls_token, rtol=0, atol=0)
+
+
+def selfpatch_source() -> torch.nn.Module:
+    """A SelfPatch-layout ViT (no CLS token) with every weight random."""
+    source = create_vit(BACKBONES["selfpatch_s16"])
+    assert source.cls_token is None and source.pos_embed.shape == (1, 196, 384)
+    with torch.no_grad():
+        for tensor in source.state_dict().values():
+            tensor.copy_(torch.randn_like(tensor))
+    return source
+
+
+@pytest.mark.parametrize("layout", ["released", "teacher", "student"])
+def test_selfpatch_checkpoint_layouts_and_features(tmp_path, layout):
+    """The released plain state dict, and the training dict's teacher ('backbone.*') or student
+    ('module.backbone.*'); the key facet is computed without a CLS token, as SelfPatch's ViT runs."""
+    source = selfpatch_source()
+    plain = dict(source.state_dict())
+    head = {"head.cls_token": torch.randn(1, 1, 384), "head.last_layer.weight_g": torch.randn(8, 1)}  # not the ViT
+    if layout == "released":
+        state = plain
+    else:
+        prefix = "backbone." if layout == "teacher" else "module.backbone."
+        wrapped = {f"{prefix}{k}": v for k, v in plain.items()} | {prefix.replace("backbone.", "") + k: v for k, v in head.items()}
+        state = {layout: wrapped, "epoch": 200}
+    path = tmp_path / "dino_selfpatch.pth"
+    torch.save(state, path)
+    loaded = build_backbone("selfpatch_s16", weights=path)
+    assert loaded.cls_token is None and loaded.num_prefix == 0
+    torch.testing.assert_close(loaded.pos_embed, source.pos_embed, rtol=0, atol=0)
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        x = source.blocks[:-1](source._pos_embed(source.patch_embed(image)))  # timm's own modules, no CLS
+        last = source.blocks[-1]
+        keys = last.attn.qkv(last.norm1(x))[:, :, 384:768].reshape(1, 196, 6, 64)
+        expected = keys.transpose(-1, -2).flatten(-2).transpose(1, 2).reshape(1, 384, 14, 14)
+        torch.testing.assert_close(loaded(image), expected, rtol=1e-4, atol=1e-4)
+        assert loaded(torch.randn(1, 3, 96, 128)).shape == (1, 384, 6, 8)  # positions resized without a CLS entry
 
 
 def test_checkpoint_for_another_backbone(tmp_path):
