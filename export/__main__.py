@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from lift_rt.arguments import check_writable
 from lift_rt.backbones import BACKBONES, WeightsNotFoundError, check_layer, check_resolution, get_spec
-from lift_rt.cli import check_writable, positive_float
+from lift_rt.cli import positive_float
 from lift_rt.engine import build_pipeline
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.preprocess import PRECISIONS
@@ -204,7 +205,7 @@ def build_tensorrt(args: argparse.Namespace, pipeline: LiftPipeline, out: Path, 
     if reason is not None:
         print("[4/4] TensorRT engine: not available here (the summary says why)", flush=True)
         return f"not built: {reason}\n          to build it where TensorRT runs (the ONNX graph above is complete): {command}", None
-    from .trt_backend import TensorRTBackend
+    from lift_rt.backends import TensorRTBackend
 
     print(f"[4/4] TensorRT engine: batch 1..{args.max_batch}, {args.precision}", flush=True)
     path, _ = cached_engine(
