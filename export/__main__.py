@@ -15,6 +15,7 @@ from lift_rt.arguments import check_writable
 from lift_rt.backbones import BACKBONES, WeightsNotFoundError, check_layer, check_resolution, get_spec
 from lift_rt.cli import positive_float
 from lift_rt.engine import build_pipeline
+from lift_rt.errors import first_line
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.preprocess import PRECISIONS
 
@@ -167,7 +168,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[st
     try:
         engine_line, engine_parity = build_tensorrt(args, pipeline, out, command)
     except Exception as exc:  # TensorRT and CUDA raise their own types; the ONNX graph is written either way
-        engine_error = f"TensorRT engine: {type(exc).__name__}: {exc}"
+        engine_error = f"TensorRT engine: {first_line(exc)}"
         engine_line, engine_parity = f"not built: the build failed ({type(exc).__name__}: {exc})", None
     print(f"\nsummary ({time.perf_counter() - start:.0f} s)")
     print(f"  onnx    {onnx_path} ({size(onnx_path)})")

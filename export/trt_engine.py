@@ -132,7 +132,7 @@ def use_timing_cache(config: Any, path: Path | None) -> None:
     """Give the builder ``config`` the timing cache stored at ``path``, or an empty one.
 
     A cache TensorRT refuses (``set_timing_cache`` returns False with mismatch
-    checks on: made by another TensorRT version or GPU) is replaced by an empty
+    checks on: it does not match this TensorRT build or GPU) is replaced by an empty
     one with a warning; the build then rewrites the file. Checks stay on:
     ignoring a mismatch would make TensorRT use the foreign timings.
     """
@@ -140,7 +140,7 @@ def use_timing_cache(config: Any, path: Path | None) -> None:
         return
     if path is None:
         raise RuntimeError("TensorRT refused an empty timing cache")
-    logger.warning("timing cache %s was made by another TensorRT version or GPU (TensorRT refused it); "
+    logger.warning("timing cache %s does not match this TensorRT build or GPU (TensorRT refused it); "
                    "starting an empty one, which this build writes in its place", path)
     use_timing_cache(config, None)
 

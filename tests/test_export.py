@@ -413,7 +413,7 @@ def test_build_engine_uses_strongly_typed_network_and_profile(monkeypatch, tmp_p
 
 
 @pytest.mark.parametrize("stored, reason", [(b"DAMAGED half a cache", "damaged (RuntimeError: timing cache is corrupted)"),
-                                            (b"FOREIGN timings", "made by another TensorRT version or GPU")])
+                                            (b"FOREIGN timings", "does not match this TensorRT build or GPU")])
 def test_unusable_timing_cache_is_replaced(monkeypatch, tmp_path, caplog, stored, reason):
     fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
