@@ -26,10 +26,10 @@ def run_both(h, w, settings, frames=6, dim=16, classes=3, seed=0):
 
 
 @pytest.mark.parametrize("h, w, radius, context, tile", [
-    (9, 11, 3, 2, 8),
-    (20, 17, 12, 3, 8),   # the authors' radius, wider than a tile
+    (9, 11, 3, 2, 8),     # a small grid: searched whole, then each cell's window kept
+    (47, 42, 12, 1, 8),   # the authors' radius on tiles that divide neither side
     (6, 5, 12, 7, 8),     # the window covers the whole grid
-    (13, 24, 4, 7, 5),    # tiles that do not divide the grid
+    (30, 27, 4, 7, 5),    # tiles that divide neither side, seven previous frames
     (16, 16, 2, 0, 4),    # the first frame only
 ])
 def test_matcher_propagation_equals_dense_reference(h, w, radius, context, tile):

@@ -44,8 +44,10 @@ METRICS: tuple[str, ...] = ("J", "F", "J&F")
 
 def feature_function(backbone: str, upsampler: str, *, lift: str | os.PathLike | None = None, random_init: bool = False,
                      backbone_weights: str | os.PathLike | None = None, rc: str | os.PathLike | None = None,
-                     backend: str = "torch", device: torch.device | str = "cpu", precision: str = "fp32") -> FeatureFn:
-    """Features of ``backbone`` + ``upsampler`` ("none" = the backbone's own) on an Engine backend.
+                     seed: int | None = None, backend: str = "torch", device: torch.device | str = "cpu",
+                     precision: str = "fp32") -> FeatureFn:
+    """Features of ``backbone`` + ``upsampler`` ("none" = the backbone's own) on an Engine backend;
+    ``seed`` draws random weights (``random_init``).
 
     The only place this command builds a pipeline.
     """
@@ -53,7 +55,7 @@ def feature_function(backbone: str, upsampler: str, *, lift: str | os.PathLike |
     from lift_rt.eval.pck import build_feature_pipeline
 
     pipeline = build_feature_pipeline(backbone, upsampler, lift=lift, random_init=random_init,
-                                      backbone_weights=backbone_weights, rc=rc)
+                                      backbone_weights=backbone_weights, rc=rc, seed=seed)
     return build_backend(pipeline, backend, device=torch.device(device), precision=precision)[0]
 
 
@@ -155,7 +157,8 @@ def add_parser(subparsers) -> None:
                    "identity-initialised, labelled so)")
     p.add_argument("--backbone-weights", default=None, help="official backbone checkpoint (default: the timm / Hugging Face cache)")
     p.add_argument("--random-init", action="store_true", help="random backbone (and LiFT) weights: for testing the command only")
-    p.add_argument("--seed", type=int, default=0, help="random weights' seed with --random-init (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="random weights' seed with --random-init (default: the "
+                   "LiFT checkpoint's training seed, else 0)")
     p.add_argument("--backend", default="torch", help="Engine backend for the features (default torch; auto picks the fastest)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="feature precision (default fp32)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -203,10 +206,9 @@ def run_cli(args: argparse.Namespace) -> int:
     per_object: dict[str, dict[int, dict]] = {}
     with tqdm(total=frames * len(upsamplers) * len(args.resolutions), unit="frame", desc="davis") as progress:
         for name in upsamplers:
-            torch.manual_seed(args.seed)
             features = feature_function(spec.name, name, lift=args.lift, random_init=args.random_init,
-                                        backbone_weights=args.backbone_weights, rc=args.rc, backend=args.backend,
-                                        device=device, precision=args.precision)
+                                        backbone_weights=args.backbone_weights, rc=args.rc, seed=args.seed,
+                                        backend=args.backend, device=device, precision=args.precision)
             row = "rc (untrained)" if name == "rc" and args.rc is None else name
             scores[row] = {metric: {} for metric in METRICS}
             per_object[row] = {}
@@ -217,7 +219,8 @@ def run_cli(args: argparse.Namespace) -> int:
                                              device=device, batch=args.batch, save_masks=masks, progress=progress)
                 for metric, value in summarise(results).items():
                     scores[row][metric][size] = 100.0 * value
-                per_object[row][size] = {k: v for r in results for k, v in r.per_object().items()}
+                per_object[row][size] = {obj: {m: 100.0 * v for m, v in values.items()}
+                                         for r in results for obj, values in r.per_object().items()}
     weights = "random init" if args.random_init else "pretrained"
     objects = sum(s.objects for s in sequences)
     print(f"DAVIS-2017 {args.split}: {len(sequences)} sequences, {objects} objects, {frames} frames; "

@@ -45,12 +45,16 @@ def davis_palette() -> np.ndarray:
     return colours.astype(np.uint8)
 
 
+def _check_palette(image: Image.Image, path: str | os.PathLike) -> None:
+    if image.mode != "P":
+        raise ValueError(f"{path} is a mode-{image.mode} image, not a palette PNG: DAVIS masks store object ids "
+                         "as palette indices")
+
+
 def read_labels(path: str | os.PathLike) -> np.ndarray:
     """A palette PNG -> H x W uint8 object ids, void (255) as background."""
     with Image.open(path) as image:
-        if image.mode != "P":
-            raise ValueError(f"{path} is a mode-{image.mode} image, not a palette PNG: DAVIS masks store object ids "
-                             "as palette indices")
+        _check_palette(image, path)
         labels = np.array(image)
     labels[labels == VOID] = 0
     return labels
@@ -105,13 +109,12 @@ def read_sequence(root: str | os.PathLike, name: str) -> DavisSequence:
                          "and the last, so it needs at least 3")
     size = _image_size(frames[0])
     for path in (*frames, *annotations):
-        if _image_size(path) != size:
-            raise ValueError(f"{path} is {_image_size(path)[1]} x {_image_size(path)[0]}, the sequence's first frame "
-                             f"{size[1]} x {size[0]}")
+        height, width = _image_size(path)
+        if (height, width) != size:
+            raise ValueError(f"{path} is {width} x {height}, the sequence's first frame {size[1]} x {size[0]}")
     for path in annotations:
         with Image.open(path) as image:
-            if image.mode != "P":
-                read_labels(path)  # raises the non-palette message
+            _check_palette(image, path)
     objects = int(read_labels(annotations[0]).max())
     if objects == 0:
         raise ValueError(f"sequence {name!r}: the first frame's annotation {annotations[0]} holds no object")

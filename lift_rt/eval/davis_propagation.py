@@ -129,21 +129,26 @@ def neighbourhood_topk(query: Tensor, context: PaddedFrame, k: int) -> tuple[Ten
     d, h, w = query.shape
     if (h, w) != (context.h, context.w):
         raise ValueError(f"query grid {h} x {w} differs from the context grid {context.h} x {context.w}")
-    k = min(k, context.span)
-    tiles = query_tiles(query, context.tile)
-    mask = context.window_mask().expand(context.tile_cols, -1)
-    starts = torch.arange(context.tile_cols, device=query.device) * context.tile
-    indices, sims = [], []
-    for ti in range(context.tile_rows):
-        index, sim = topk(tiles[ti], context.tile_row_slices(ti), k, mask=mask)
-        start = (ti * context.tile * context.row + starts).view(-1, 1, 1)
-        indices.append(torch.where(index >= 0, start + index, -1))
-        sims.append(sim)
-    cells, sim = untile(torch.stack(indices), h, w), untile(torch.stack(sims), h, w)
-    bound = sim[:, -1].clone()
-    ci, cj = context.position_of(cells)
     qi = torch.arange(h, device=query.device).repeat_interleave(w).view(-1, 1)
     qj = torch.arange(w, device=query.device).repeat(h).view(-1, 1)
+    if h * w <= context.span:  # a small grid: the whole frame is a smaller superset than a tile's slice
+        frame_cells = context.cell_of(qi.flatten(), qj.flatten())
+        index, sim = topk(query.reshape(d, -1).t(), context.cells[frame_cells], min(k, h * w))
+        cells = torch.where(index >= 0, frame_cells[index.clamp_min(0)], -1)
+    else:
+        k = min(k, context.span)
+        tiles = query_tiles(query, context.tile)
+        mask = context.window_mask().expand(context.tile_cols, -1)
+        starts = torch.arange(context.tile_cols, device=query.device) * context.tile
+        indices, sims = [], []
+        for ti in range(context.tile_rows):
+            index, sim = topk(tiles[ti], context.tile_row_slices(ti), k, mask=mask)
+            start = (ti * context.tile * context.row + starts).view(-1, 1, 1)
+            indices.append(torch.where(index >= 0, start + index, -1))
+            sims.append(sim)
+        cells, sim = untile(torch.stack(indices), h, w), untile(torch.stack(sims), h, w)
+    bound = sim[:, -1].clone() if sim.shape[1] == k else torch.full_like(sim[:, 0], float("-inf"))
+    ci, cj = context.position_of(cells)
     inside = (cells >= 0) & ((ci - qi).abs() <= context.radius) & ((cj - qj).abs() <= context.radius)
     return sim.masked_fill(~inside, float("-inf")), torch.where(inside, cells, -1), bound
 
