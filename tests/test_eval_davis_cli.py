@@ -59,7 +59,8 @@ def test_cli_end_to_end_writes_table_json_and_masks(davis, tmp_path, capsys):
     with Image.open(masks[3]) as mask:
         assert mask.mode == "P" and mask.size == (96, 72)
         assert np.asarray(mask.getpalette()[:6]).tolist() == [0, 0, 0, 128, 0, 0]
-    assert (tmp_path / "masks" / "lift" / "32" / "disc" / "00000.png").read_bytes() != b""
+    first = tmp_path / "masks" / "lift" / "32" / "disc" / "00000.png"  # the first frame: its annotation
+    assert np.array_equal(read_labels(first), read_labels(davis / "Annotations" / "480p" / "disc" / "00000.png"))
 
 
 def assert_nothing_written(tmp_path):

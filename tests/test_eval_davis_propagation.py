@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import lift_rt.eval.davis_propagation as propagation
 from davis_utils import scene, write_davis
-from lift_rt.eval.davis import evaluate_sequences
+from lift_rt.eval.davis import evaluate_sequences, full_resolution_labels, grid_labels
 from lift_rt.eval.davis_data import load_davis
 from lift_rt.eval.davis_metrics import summarise
 from lift_rt.eval.davis_propagation import LabelPropagator, PropagationSettings
@@ -75,3 +75,17 @@ def test_oracle_features_recover_the_objects(tmp_path):
     assert scores["disc_1"]["J"] > 0.85, scores  # the moving textured disc
     assert summarise(results)["J"] > 0.85
     assert np.mean(results[0].j[1][-3:]) > 0.9  # the square has left the frame and is not predicted
+
+
+def test_labels_to_and_from_the_feature_grid():
+    ids = np.zeros((48, 64), np.uint8)
+    ids[8:24, 16:40] = 2
+    ids[30:46, 0:16] = 1
+    onehot = grid_labels(ids, (6, 8), 2)  # nearest: cell (r, c) takes pixel (8 r + 4, 8 c + 4)
+    assert onehot.shape == (3, 6, 8) and torch.equal(onehot.sum(0), torch.ones(6, 8))
+    assert onehot[2, 1:3, 2:5].all() and onehot[2].sum() == 6 and onehot[1, 4:6, 0:2].all()
+    soft = torch.stack([torch.full((6, 8), 0.6), torch.full((6, 8), 0.1)])
+    soft[0, 2:4, 3:5], soft[1, 2:4, 3:5] = 0.5, 0.4  # channel 1 never wins unless each map is min-max scaled
+    full = full_resolution_labels(soft, 8, (96, 128))  # upsampled to 48 x 64, then nearest to 96 x 128
+    assert full.shape == (96, 128) and set(np.unique(full)) == {0, 1}
+    assert (full[36:60, 52:76] == 1).all() and (full[:20] == 0).all()
