@@ -3,7 +3,9 @@
 It follows the authors' formulation literally: the full affinity exp(cos / temperature) between
 the frame's cells and every context cell (T x N x N floats), zeroed outside each cell's square
 neighbourhood, all but each cell's k largest entries zeroed, columns normalised to sum to one, and
-the labels multiplied through. Memory grows as T N^2: small grids only.
+the labels multiplied through. Memory grows as T N^2: small grids only. Entries tied with a cell's
+k-th largest are all kept here, as in the authors' thresholding, where the matcher keeps exactly k;
+with real-valued features such ties do not occur.
 """
 
 from __future__ import annotations
