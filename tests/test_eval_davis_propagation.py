@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import lift_rt.eval.davis_propagation as propagation
 from davis_utils import scene, write_davis
+from lift_rt import _C
 from lift_rt.eval.davis import evaluate_sequences, full_resolution_labels, grid_labels
 from lift_rt.eval.davis_data import load_davis
 from lift_rt.eval.davis_metrics import summarise
@@ -15,14 +16,20 @@ from lift_rt.eval.davis_propagation import LabelPropagator, PropagationSettings
 from lift_rt.eval.davis_reference import DenseLabelPropagator
 
 
-def run_both(h, w, settings, frames=6, dim=16, classes=3, seed=0):
+CUDA_OK = torch.cuda.is_available() and _C.has_cuda()
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA_OK, reason="needs a CUDA GPU and a CUDA build"))]
+
+
+def run_both(h, w, settings, frames=6, dim=16, classes=3, seed=0, device="cpu"):
+    """Yield (matcher on ``device``, dense reference on the CPU) soft labels of each new frame."""
     g = torch.Generator().manual_seed(seed)
     first = torch.randn(dim, h, w, generator=g)
     labels = F.one_hot(torch.randint(0, classes, (h, w), generator=g), classes).permute(2, 0, 1).float()
-    ours, dense = LabelPropagator(first, labels, settings), DenseLabelPropagator(first, labels, settings)
+    ours = LabelPropagator(first.to(device), labels.to(device), settings)
+    dense = DenseLabelPropagator(first, labels, settings)
     for _ in range(frames):
         feats = torch.randn(dim, h, w, generator=g)
-        yield ours.step(feats), dense.step(feats)
+        yield ours.step(feats.to(device)).cpu(), dense.step(feats)
 
 
 @pytest.mark.parametrize("h, w, radius, context, tile", [
@@ -32,9 +39,10 @@ def run_both(h, w, settings, frames=6, dim=16, classes=3, seed=0):
     (30, 27, 4, 7, 5),    # tiles that divide neither side, seven previous frames
     (16, 16, 2, 0, 4),    # the first frame only
 ])
-def test_matcher_propagation_equals_dense_reference(h, w, radius, context, tile):
+@pytest.mark.parametrize("device", DEVICES)
+def test_matcher_propagation_equals_dense_reference(h, w, radius, context, tile, device):
     settings = PropagationSettings(context=context, radius=radius, tile=tile)
-    for ours, dense in run_both(h, w, settings):
+    for ours, dense in run_both(h, w, settings, device=device):
         torch.testing.assert_close(ours, dense, rtol=1e-5, atol=1e-5)
 
 
@@ -89,3 +97,9 @@ def test_labels_to_and_from_the_feature_grid():
     full = full_resolution_labels(soft, 8, (96, 128))  # upsampled to 48 x 64, then nearest to 96 x 128
     assert full.shape == (96, 128) and set(np.unique(full)) == {0, 1}
     assert (full[36:60, 52:76] == 1).all() and (full[:20] == 0).all()
+
+
+def test_features_of_the_wrong_shape_are_refused(tmp_path):
+    root = write_davis(tmp_path / "davis", {"disc": scene(frames=4)})
+    with pytest.raises(ValueError, match="B x D x h x w"):
+        evaluate_sequences(load_davis(root), lambda images: images.mean(1), 32, 4)
