@@ -121,7 +121,7 @@ def neighbourhood_topk(query: Tensor, context: PaddedFrame, k: int) -> tuple[Ten
     """The ``k`` best cosine matches of every query cell among the context cells of its tile's union
     window (a superset of its own window), then those inside its own window kept.
 
-    ``query`` D x h x w (the context frame's grid) -> similarity (h w) x k float32 (descending, -inf
+    ``query`` D x h x w (the context frame's grid) -> similarity (h w) x k float32 (-inf
     where the candidate lies outside the cell's window or is missing), buffer cells of ``context``
     (h w) x k (-1 where missing), and each cell's bound (h w): the k-th similarity of the union
     window (-inf when it holds fewer than k cells), which no unseen cell of the cell's window exceeds.
