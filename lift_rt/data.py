@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import ColorJitter
 
-from lift_rt.cli import check_writable, positive_int
+from lift_rt.arguments import check_writable
+from lift_rt.cli import positive_int
 from lift_rt.preprocess import pil_to_rgb
 
 MAX_SAMPLE_SIZE = 4096  # data sample crops (the shipped photos are far smaller: larger crops only upscale)

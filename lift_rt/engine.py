@@ -12,6 +12,7 @@ from torch import nn
 from lift_rt.backbones import BackboneSpec, build_backbone, check_resolution, get_spec, seeded
 from lift_rt.backends import build_backend
 from lift_rt.checkpoint import load_lift, trained_backbone
+from lift_rt.devices import engine_device
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.preprocess import precision_dtype, to_image_tensor
 from lift_rt.upsamplers import UPSAMPLERS, build_upsampler
@@ -39,7 +40,8 @@ def build_pipeline(
     ``upsampler``: "lift" (default: the LiFT ``lift``, else a random one with ``random_init``),
     "none" (the backbone's own features), or a baseline of :mod:`lift_rt.upsamplers`: "bilinear",
     "nearest", "jbu" (no weights) or "rc" (the trained resize-conv ``rc`` from
-    ``python -m lift_rt.train --upsampler rc``, else its identity initialisation: nearest).
+    ``python -m lift_rt.train --upsampler rc``, else its identity initialisation: nearest;
+    other upsamplers ignore ``rc``).
     Random weights are drawn from ``seed`` (default: the seed a LiFT checkpoint's random
     backbone was trained with, else 0), so equal arguments give equal pipelines. A LiFT
     checkpoint from ``python -m lift_rt.train`` also sets the default ``layer``
@@ -49,8 +51,6 @@ def build_pipeline(
     spec = get_spec(backbone)
     if upsampler not in PIPELINE_UPSAMPLERS:
         raise ValueError(f"unknown upsampler {upsampler!r}; choose one of {', '.join(PIPELINE_UPSAMPLERS)}")
-    if rc is not None and upsampler != "rc":
-        raise ValueError(f"rc={rc} is a trained resize-conv: it applies to upsampler='rc', not {upsampler!r}")
     if lift is not None and not isinstance(lift, (str, os.PathLike, nn.Module)):
         raise TypeError(f"lift must be a checkpoint path or an nn.Module, not {type(lift).__name__}")
     if isinstance(lift, nn.Module) and not isinstance(getattr(lift, "dim", None), int):
@@ -97,32 +97,6 @@ def _upsampler_module(
         return build_upsampler(upsampler, spec.dim, spec.patch_size)
 
 
-ENGINE_DEVICES = "cpu, cuda or cuda:N"
-
-
-def engine_device(device: str | torch.device | None) -> torch.device:
-    """The device an :class:`Engine` runs on: ``device`` (cpu, cuda or cuda:N), or CUDA when present, else CPU.
-
-    Raises ValueError for any other device (meta, mps, ...) and RuntimeError
-    for a CUDA device that is not visible to PyTorch.
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a device; an Engine runs on {ENGINE_DEVICES}") from exc
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r}: an Engine runs on {ENGINE_DEVICES}, not {resolved.type}")
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r} was asked for but no CUDA device is visible to PyTorch")
-        count = torch.cuda.device_count()
-        if resolved.index is not None and resolved.index >= count:
-            raise RuntimeError(f"device={device!r} was asked for but PyTorch sees {count} CUDA device(s)")
-    return resolved
-
-
 class Engine:
     """Dense LiFT features for a batch of images.
 
@@ -145,8 +119,8 @@ class Engine:
         random_init: random backbone and LiFT weights where none are given.
         **backend_options: per backend; an unknown one is an error that lists the accepted ones.
             onnxruntime: ``cache_dir`` (exported graphs; default ``$LIFT_RT_CACHE`` or
-            ``~/.cache/lift_rt``, pruned to ``$LIFT_RT_CACHE_MAX_GB``, default 8), ``threads``,
-            ``verbose`` (say when a graph is exported). tensorrt: ``max_batch``, ``opt_batch``,
+            ``~/.cache/lift_rt``, pruned to ``$LIFT_RT_CACHE_MAX_GB``, default 8), ``threads``
+            (an export is announced on the ``lift_rt.export`` logger). tensorrt: ``max_batch``, ``opt_batch``,
             ``cache_dir``, ``workspace_bytes``. compile: ``mode``. triton: ``cuda_graph_max_batch``.
 
     The onnxruntime and tensorrt backends export one graph per new input size (seconds on a

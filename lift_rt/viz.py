@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from lift_rt.cli import check_writable, first_line, positive_int
+from lift_rt.arguments import check_writable
+from lift_rt.cli import positive_int
 from lift_rt.engine import build_pipeline
+from lift_rt.errors import first_line
 from lift_rt.eval.pairs import letterbox, load_rgb
 
 # matplotlib's viridis at 10 evenly spaced stops.

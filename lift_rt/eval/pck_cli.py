@@ -22,7 +22,9 @@ import torch
 
 from lift_rt.backbones import check_resolution, get_spec
 from lift_rt.backends import build_backend
-from lift_rt.cli import check_writable, cli_device, non_negative_int, positive_float
+from lift_rt.arguments import check_writable
+from lift_rt.cli import add_feature_arguments, non_negative_int, positive_float
+from lift_rt.devices import device_arg
 from lift_rt.engine import PIPELINE_UPSAMPLERS, build_pipeline
 from lift_rt.eval.pairs import PROTOCOLS, KeypointPair
 from lift_rt.eval.pck import ALPHAS, AVERAGES, pck
@@ -105,12 +107,8 @@ def add_parser(subparsers) -> None:
     add("--lift", default=None, help="LiFT checkpoint")
     add("--rc", default=None, metavar="CKPT", help="trained resize-conv for the rc row (lift_rt.train --upsampler rc); "
         "without it rc is evaluated untrained (identity-initialised: nearest) and labelled so")
-    add("--backbone-weights", default=None, help="official backbone checkpoint (default: the timm / Hugging Face cache)")
-    add("--random-init", action="store_true", help="random backbone (and LiFT) weights")
+    add_feature_arguments(p)
     add("--iterations", type=int, default=1, help="LiFT applications for the lift row: 1 = 2x, 2 = 4x (default 1)")
-    add("--backend", default="torch", help="Engine backend for the features (default torch; auto picks the fastest)")
-    add("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="feature precision (default fp32)")
-    add("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add("--matcher", default="auto", choices=("auto", "torch", "cpp"),
         help="nearest-neighbour search: cpp (lift_rt.matching), torch (the pure-PyTorch reference); auto = cpp")
     add("--average", default="category", choices=AVERAGES,
@@ -137,7 +135,7 @@ def run_cli(args: argparse.Namespace) -> int:
         raise ValueError(f"--upsampler names no upsampler; choose from {', '.join(PIPELINE_UPSAMPLERS)}")
     for name in upsamplers:
         check_upsampler(spec.name, name, lift=args.lift, random_init=args.random_init)
-    device = cli_device(args.device)
+    device = device_arg(args.device)
     dataset_kind = "spair" if args.dataset.startswith("spair:") else "synthetic"
     per_category = None if args.pairs == "all" else args.pairs or DEFAULT_PAIRS[dataset_kind]
     pairs = load_dataset(args.dataset, per_category=per_category, split=args.split, seed=args.seed)
@@ -145,7 +143,7 @@ def run_cli(args: argparse.Namespace) -> int:
     for name in upsamplers:
         torch.manual_seed(args.seed)
         pipeline = build_pipeline(
-            spec.name, args.lift, upsampler=name, rc=args.rc if name == "rc" else None, random_init=args.random_init,
+            spec.name, args.lift, upsampler=name, rc=args.rc, random_init=args.random_init,
             backbone_weights=args.backbone_weights, iterations=args.iterations,
         )
         backend, _ = build_backend(pipeline, args.backend, device=device, precision=args.precision)
