@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("lift_rt.eval.fidelity", "lift_rt.eval.pck", "lift_rt.eval.davis", "lift_rt.eval.corloc")
+COMMAND_MODULES = ("lift_rt.eval.fidelity", "lift_rt.eval.pck_cli", "lift_rt.eval.davis", "lift_rt.eval.corloc")
 
 
 def main(argv: list[str] | None = None) -> int:
