@@ -127,7 +127,7 @@ class Engine:
     output is ``B x C x ceil(2^k h/p) x ceil(2^k w/p)``: cell ``(i, j)`` covers pixels
     ``[i, i+1) * p/2^k`` x ``[j, j+1) * p/2^k`` of the (resized) image, whose top-left corner is
     the features' top-left corner; only the last row and column may also cover padding.
-    ``size_policy.plan(H, W, spec)`` gives these sizes for an input without running it.
+    ``engine.size_policy.plan(H, W, engine.spec)`` gives these sizes without running the model.
 
     The onnxruntime and tensorrt backends export one graph per new input size (seconds on a
     CPU; a TensorRT build takes minutes) and keep it in the cache for later calls.

@@ -8,6 +8,7 @@ and merges the index after all have finished (two barriers of ``torch.distribute
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -86,8 +87,6 @@ def check_manifest(out: Path, settings: dict[str, Any]) -> bool:
             raise ExtractError(f"--out {out} holds shards but no {MANIFEST}: not a lift_rt.extract folder, or a damaged "
                                "one; use another --out")
         return False
-    import json
-
     try:
         old = json.loads(path.read_text(encoding="utf-8"))["settings"]
     except (OSError, ValueError, KeyError) as exc:
@@ -100,8 +99,8 @@ def check_manifest(out: Path, settings: dict[str, Any]) -> bool:
 
 
 def features_of(engine: Engine, items: list[Decoded], batch: int) -> list[torch.Tensor]:
-    """Engine features of same-size decoded images, ``C x h x w`` each, cropped to the image's cells; in slices
-    of ``batch``. A CUDA out-of-memory error says which batch size to try."""
+    """Engine features of decoded images of one input size (one Engine call), ``C x h x w`` each, cropped to
+    each image's cells. A CUDA out-of-memory error says which ``--batch`` to try."""
     pixels = torch.stack([item.pixels for item in items])
     try:
         feats = engine(pixels)
@@ -132,18 +131,6 @@ def fit_sample_pca(engine: Engine, decoder: ImageDecoder, k: int, sample: int, b
     return fit_pca(maps, k)
 
 
-def prepare_pca(process: Process, out: Path, engine: Engine, decoder: ImageDecoder, k: int | None, sample: int,
-                batch: int) -> ChannelPCA | None:
-    """Rank 0 fits (unless an earlier run did) and saves the PCA; call between the barriers of :func:`extract`."""
-    if k is None:
-        return None
-    path = out / PCA_FILE
-    if process.rank == 0 and not path.exists():
-        fit_sample_pca(engine, decoder, k, sample, batch).save(path)
-    process.barrier()
-    return ChannelPCA.load(path)
-
-
 def finish_shard(shard: ShardContent, items: list[Decoded], feats: list[torch.Tensor], inputs: Inputs,
                  pca: ChannelPCA | None, dtype: torch.dtype) -> None:
     for item, f in zip(items, feats):
@@ -159,8 +146,8 @@ def extract_shards(engine: Engine, decoder: ImageDecoder, out: Path, shards: lis
                    batch: int, workers: int, pca: ChannelPCA | None, dtype: torch.dtype,
                    progress: Callable[[int], None]) -> ShardWriter:
     """Decode (workers), compute (this thread) and write (a thread) the given shards, overlapped."""
+    decoded = decode_in_workers(decoder, shards, batch, workers)  # forks the workers before the writer thread starts
     writer = ShardWriter(out)
-    decoded = decode_in_workers(decoder, shards, batch, workers)
     try:
         for number, indices in zip(numbers, shards):
             items: list[Decoded] = []
@@ -219,14 +206,18 @@ def extract(engine: Engine, inputs: Inputs, out: Path, policy: SizePolicy, setti
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     resumed = check_manifest(out, settings)
-    if process.rank == 0 and not resumed:
-        import lift_rt
-
-        write_json(out / MANIFEST, {"settings": settings, "lift_rt_version": lift_rt.__version__,
-                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     decoder = ImageDecoder(inputs, policy, engine.spec)
-    pca = prepare_pca(process, out, engine, decoder, settings["pca"], settings["pca_sample"] or 0, batch)
+    pca_path = out / PCA_FILE
+    if process.rank == 0:
+        if not resumed:
+            import lift_rt
+
+            write_json(out / MANIFEST, {"settings": settings, "lift_rt_version": lift_rt.__version__,
+                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        if settings["pca"] and not pca_path.exists():  # an earlier run may have fitted it
+            fit_sample_pca(engine, decoder, settings["pca"], settings["pca_sample"], batch).save(pca_path)
     process.barrier()
+    pca = ChannelPCA.load(pca_path) if settings["pca"] else None
     layout = shard_ranges(len(inputs.keys), settings["shard_size"])
     numbers = [n for n in rank_shards(len(layout), process.rank, process.world)
                if read_record(record_path(out, n)) is None]
