@@ -129,11 +129,12 @@ def test_store_sees_finished_shards_only(reference, tmp_path):
     assert len(store) == 23
 
 
-def test_pca_reconstructs_within_stated_error(data, reference, tmp_path):
+def test_pca_reconstructs_within_stated_error(data, reference, tmp_path, capsys):
     out = tmp_path / "out"
     assert main([*BASE, "--data", str(data), "--out", str(out), "--size", "32", "--pca", "16", "--pca-sample", "24"]) == 0
     store, full = FeatureStore(out), FeatureStore(reference)
     stated = store.pca.relative_error
+    assert f"PCA to 16 channels: relative reconstruction error {stated:.4f}" in capsys.readouterr().out
     assert 0 < stated < 1 and store.pca.k == 16 and store.manifest["settings"]["pca"] == 16
     stored = torch.cat([store[i][1].float().flatten(1) for i in range(len(store))], 1)
     assert stored.shape[0] == 16 and store[0][1].dtype == torch.float16
@@ -238,16 +239,34 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
+KILL_ARGV = [*BASE[:-1], "1", "--size", "32", "--dtype", "fp32"]  # one decoding worker
+
+
+def write_last_image(path: Path) -> None:
+    Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(path, format="PNG")
+
+
+@pytest.fixture(scope="module")
+def listing(data, tmp_path_factory) -> tuple[Path, Path]:
+    """A list of the images plus a last one, and the output of an uninterrupted run over it."""
+    folder = tmp_path_factory.mktemp("listing")
+    write_last_image(folder / "zz_last.png")
+    listing = folder / "list.txt"
+    listing.write_text("".join(f"{p}\n" for p in sorted(data.rglob("*.*"))) + "zz_last.png\n")
+    assert main([*KILL_ARGV, "--data", str(listing), "--out", str(folder / "uninterrupted")]) == 0
+    return listing, folder / "uninterrupted"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
-def test_killed_run_resumes_to_the_same_output(data, tmp_path, sig):
-    """The list's last image is a FIFO: the run blocks on it after finishing four shards, is killed, then resumed."""
-    fifo = tmp_path / "zz_last.png"
-    os.mkfifo(fifo)
-    listing = tmp_path / "list.txt"
-    listing.write_text("".join(f"{p}\n" for p in sorted(data.rglob("*.*"))) + "zz_last.png\n")
-    out, argv = tmp_path / "out", [*BASE[:-1], "1", "--data", str(listing), "--size", "32", "--dtype", "fp32"]
-    proc = subprocess.Popen([sys.executable, "-m", "lift_rt.extract", *argv, "--out", str(out)], env=subprocess_env(),
+def test_killed_run_resumes_to_the_same_output(listing, tmp_path, sig):
+    """The list's last image is made a FIFO: the run blocks on it after finishing four shards, is killed, then resumed."""
+    listing, uninterrupted = listing
+    last = listing.parent / "zz_last.png"
+    last.unlink()
+    os.mkfifo(last)
+    out, argv = tmp_path / "out", [*KILL_ARGV, "--data", str(listing), "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen([sys.executable, "-m", "lift_rt.extract", *argv], env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
@@ -261,16 +280,15 @@ def test_killed_run_resumes_to_the_same_output(data, tmp_path, sig):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        last.unlink()
+        write_last_image(last)
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "interrupted: finished shards are kept" in err, err
     else:
         assert proc.returncode == -signal.SIGKILL
-    assert not (out / "index.json").exists()
-    fifo.unlink()
-    Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(fifo, format="PNG")
-    assert main([*argv, "--out", str(out)]) == 0
-    assert main([*argv, "--out", str(tmp_path / "uninterrupted")]) == 0
-    assert_same_output(tmp_path / "uninterrupted", out)
+    assert not (out / "index.json").exists() and not (out / "shards" / "shard-000004.json").exists()
+    assert main(argv) == 0
+    assert_same_output(uninterrupted, out)
 
 
 @pytest.mark.slow

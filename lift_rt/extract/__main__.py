@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=positive_int, default=32, help="images per Engine call (default 32)")
     parser.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"), help="stored dtype (default fp16)")
     parser.add_argument("--pca", type=positive_int, default=None, metavar="K",
-                        help="store K channels: a PCA fitted first on --pca-sample images spread over the input (default: off)")
+                        help="store K channels: a PCA fitted first on --pca-sample images spread over the input; its relative "
+                             "reconstruction error on that sample is printed and kept in pca.safetensors (default: off)")
     parser.add_argument("--pca-sample", type=positive_int, default=128, help="images the PCA is fitted on (default 128)")
     parser.add_argument("--workers", type=non_negative_int, default=None,
                         help="decoding processes (default min(4, CPUs - 1); 0 decodes in the main process)")
@@ -116,6 +117,13 @@ def run(args: argparse.Namespace) -> int:
               f"{t['bytes'] / 1e6:.1f} MB in {t['shards']} shards. {who}: {result.new_images} images in "
               f"{result.seconds:.1f} s ({rate:.1f} images/s, backend {engine.backend_name}). "
               f"Read with lift_rt.FeatureStore({str(out)!r})")
+        if args.pca is not None:
+            from lift_rt.extract.pca import ChannelPCA
+            from lift_rt.extract.store import PCA_FILE
+
+            error = ChannelPCA.load(out / PCA_FILE).relative_error
+            print(f"PCA to {args.pca} channels: relative reconstruction error {error:.4f} on the fitted sample "
+                  "(FeatureStore.reconstruct gives the features back)")
     return 0
 
 
