@@ -12,10 +12,14 @@ import torch
 from PIL import Image
 
 from lift_rt.backbones import BackboneSpec
-from lift_rt.cli import first_line
 from lift_rt.data import IMAGE_EXTENSIONS, find_images
 from lift_rt.preprocess import to_image_tensor
 from lift_rt.sizing import SizePlan, SizePolicy
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` on one line (a line of skipped.txt)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ def list_inputs(data: str | os.PathLike) -> Inputs:
     try:
         lines = data.read_text(encoding="utf-8").splitlines()
     except (UnicodeDecodeError, OSError) as exc:
-        raise ValueError(f"--data {data} is not a readable text file of image paths ({first_line(exc)})") from None
+        raise ValueError(f"--data {data} is not a readable text file of image paths ({error_text(exc)})") from None
     keys, seen = [], {}
     for number, line in enumerate(lines, 1):
         key = line.strip()
@@ -98,7 +102,7 @@ class ImageDecoder(torch.utils.data.Dataset):
             plan = self.policy.plan(tensor.shape[-2], tensor.shape[-1], self.spec)
             return Decoded(index, plan.prepare(tensor)[0], plan)
         except Exception as exc:  # PIL raises many types for corrupt, truncated or odd files
-            return Decoded(index, None, error=first_line(exc))
+            return Decoded(index, None, error=error_text(exc))
 
 
 def chunks(indices: range, size: int) -> Iterator[list[int]]:
