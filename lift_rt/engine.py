@@ -153,13 +153,13 @@ class Engine:
     ) -> None:
         precision_dtype(precision)
         self.size_policy = SizePolicy(resize=resize, max_side=max_side, pad=pad)
+        self.size_policy.check(get_spec(backbone))  # before the slow part
         self.device = engine_device(device)
         self.pipeline = build_pipeline(
             backbone, lift, iterations=iterations, facet=facet, layer=layer,
             backbone_weights=backbone_weights, random_init=random_init,
         )
         self.spec = self.pipeline.spec
-        self.size_policy.check(self.spec)
         self.precision = precision
         self.backend, self.skipped = build_backend(self.pipeline, backend, device=self.device, precision=precision,
                                                    options=backend_options)

@@ -52,7 +52,7 @@ def test_bad_policies(kwargs, message):
 
 def test_resize_off_the_patch_multiple_needs_pad():
     with pytest.raises(ValueError, match=r"resize=225 is not a multiple of dino_s8's patch size 8: use e.g. 224 or 232"):
-        SizePolicy(resize=225).check(S8)
+        Engine("dino_s8", random_init=True, device="cpu", resize=225)
     plan = SizePolicy(resize=225, pad=True).plan(224, 298, S8)
     assert plan.resized == (225, 299) and plan.padded == (232, 304)
 
