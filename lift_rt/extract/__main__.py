@@ -74,7 +74,7 @@ def size_policy(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from lift_rt.cli import check_writable
+    from lift_rt.arguments import check_writable
     from lift_rt.engine import Engine
     from lift_rt.extract.inputs import list_inputs
     from lift_rt.extract.run import SKIPPED, extract, join_job, run_settings
