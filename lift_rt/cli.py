@@ -2,17 +2,50 @@
 
 Each raises ValueError (or argparse.ArgumentTypeError) with a one-line message
 naming the flag, which the tools print as ``<prog>: error: <message>``. Also
-:func:`integer_arg`, the same rule for integer arguments of the Python API.
+:func:`integer_arg`, the same rule for integer arguments of the Python API, and
+:func:`show_logs`, which the tools call to print the library's log records.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import operator
 import os
+import sys
 from pathlib import Path
 
 import torch
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+class _LineFormatter(logging.Formatter):
+    """``message`` for info, ``warning: message`` (error: ...) above it: one line per record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+def show_logs(level: int = logging.INFO) -> None:
+    """Print the ``lift_rt`` loggers' records of ``level`` and above on stderr, one line each (once per process)."""
+    root = logging.getLogger("lift_rt")
+    root.setLevel(level)
+    if not any(isinstance(handler, _StderrHandler) for handler in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_LineFormatter())
+        root.addHandler(handler)
 
 
 def _int_at_least(text: str, minimum: int, wanted: str) -> int:
