@@ -124,6 +124,11 @@ def check_writable(path: str | os.PathLike, flag: str, *, folder: bool = False) 
         raise ValueError(f"{flag} {path} cannot be written: {ancestor} is not writable")
 
 
+def plain_text(doc: str) -> str:
+    """A docstring as ``--help`` text: without reST's double backticks."""
+    return doc.replace("``", "")
+
+
 def first_line(exc: BaseException) -> str:
     """``Type: first line of the message`` (just ``Type`` for an empty message)."""
     lines = str(exc).strip().splitlines()

@@ -170,3 +170,10 @@ def test_sample_cli_root_that_cannot_be_a_folder_is_a_message(tmp_path, cli_erro
     assert "root " + str(tmp_path / "file") + " is a file, not a folder" in err
     err = cli_error(data_main, ["sample", str(tmp_path / "file" / "sub"), "--crops", "1", "--size", "32"])
     assert "is not a folder" in err
+
+
+def test_sample_cli_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        data_main(["sample", "--help"])
+    out = capsys.readouterr().out
+    assert "--seed SEED" in out and "seed of the random crop sides and positions (default 0)" in out

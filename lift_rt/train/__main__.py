@@ -1,7 +1,7 @@
-"""python -m lift_rt.train: train a LiFT (or another learned upsampler) on a folder of images.
+"""``python -m lift_rt.train``: train a LiFT (or another learned upsampler) on a folder of images.
 
-Single process: python -m lift_rt.train --backbone dino_s16 --data /imagenet/train
-Several GPUs / machines: torchrun --nproc_per_node 4 -m lift_rt.train ... (--batch is the
+Single process: ``python -m lift_rt.train --backbone dino_s16 --data /imagenet/train``.
+Several GPUs / machines: ``torchrun --nproc_per_node 4 -m lift_rt.train ...`` (``--batch`` is the
 global batch, split over the processes).
 """
 
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from lift_rt.backbones import BACKBONES, FACETS
-from lift_rt.cli import non_negative_int, show_logs
+from lift_rt.cli import non_negative_int, plain_text, show_logs
 from lift_rt.train.losses import LOSSES
 from lift_rt.train.loop import TrainConfig, Trainer
 from lift_rt.train.models import trainable_upsamplers
@@ -21,7 +21,7 @@ from lift_rt.train.models import trainable_upsamplers
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lift_rt.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m lift_rt.train", description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
     add("--backbone", required=True, choices=sorted(BACKBONES), help="frozen ViT whose features LiFT learns to lift")
