@@ -163,7 +163,7 @@ def build_tensorrt(
         say(f"[4/4] TensorRT engine: not built, {reason}")
         return (f"not built: {reason}.\n          The ONNX graph above is complete; to build the engine, run this command on "
                 f"a machine with TensorRT and an NVIDIA GPU:\n          {command}"), None
-    from .trt_backend import TensorRTBackend
+    from lift_rt.backends import TensorRTBackend
 
     say(f"[4/4] TensorRT engine: batch 1..{args.max_batch}, {args.precision}")
     path, _ = cached_engine(

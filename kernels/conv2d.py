@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lift_rt.kernels.runtime import autotune, check_tensor, configs, dot_precision, flat_loops
+from lift_rt.kernels.runtime import autotune, check_tensor, configs, dot_precision, flat_loops, pixel_coordinates
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); N = C/2 = 192 for ViT-S, 384 for ViT-B.
 CONFIGS = configs([(64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3), (128, 64, 64, 8, 3),
@@ -55,10 +55,7 @@ def _conv2d_nhwc_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     m_ok = offs_m < M
     n_ok = offs_n < COUT
-    bi = offs_m // (HO * WO)
-    rem = offs_m % (HO * WO)
-    oy = rem // WO
-    ox = rem % WO
+    bi, oy, ox = pixel_coordinates(offs_m, HO, WO)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FLAT:  # one pipelined loop over (tap, channel slice) steps
         slices = tl.cdiv(CIN, BLOCK_K)

@@ -14,6 +14,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 from triton import knobs
 
 INTERPRET: bool = bool(knobs.runtime.interpret)
@@ -76,3 +77,11 @@ def check_tensor(name: str, t: torch.Tensor, ndim: int, device: torch.device) ->
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
     if t.device != device:
         raise ValueError(f"{name} is on {t.device} but the weights are on {device}")
+
+
+@triton.jit
+def pixel_coordinates(offs, H, W):
+    """Flat NHWC pixel indices ``offs`` (``b * H * W + y * W + x``) -> (b, y, x)."""
+    rem = offs % (H * W)
+    return offs // (H * W), rem // W, rem % W
+

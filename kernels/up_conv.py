@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from lift_rt.kernels.fold import FoldedUpConv
-from lift_rt.kernels.runtime import autotune, check_tensor, configs, dot_precision, flat_loops
+from lift_rt.kernels.runtime import autotune, check_tensor, configs, dot_precision, flat_loops, pixel_coordinates
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); N = C/2 = 192 for ViT-S, 384 for ViT-B.
 CONFIGS = configs([(64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3), (128, 64, 64, 8, 3),
@@ -94,10 +94,7 @@ def _up_conv_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    bi = offs_m // (HC * WC)
-    rem = offs_m % (HC * WC)
-    ci0 = rem // WC
-    cj0 = rem % WC
+    bi, ci0, cj0 = pixel_coordinates(offs_m, HC, WC)
     KX = C + IMG_C
     HF = 2 * HC
     WF = 2 * WC

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lift_rt.errors import load_error_reason
+
 Facet = Literal["key", "query", "value", "token"]
 FACETS: tuple[str, ...] = ("key", "query", "value", "token")
 
@@ -100,6 +102,18 @@ BACKBONES: dict[str, BackboneSpec] = {
             key_prefixes=("model.", "module.", "backbone.", "teacher."),
         ),
         BackboneSpec(
+            # SelfPatch (Yun et al., CVPR 2022): DINO + a patch-level loss. Its ViT has no CLS token
+            # (pos_embed 1 x 196 x 384) and no final norm. The released file is the ViT's plain state dict
+            # (timm's names); its training checkpoints keep it under 'teacher' as 'backbone.*' (the
+            # student as 'module.backbone.*'). Trained and evaluated with ImageNet mean/std.
+            name="selfpatch_s16", timm_arch="vit_small_patch16_224", patch_size=16, dim=384, heads=6,
+            official_file="dino_selfpatch.pth",
+            official_url="https://drive.google.com/file/d/19eeQrK-nl4B9ksFQ_QnewGHVKYDQF4Yw/view (the 'DINO + "
+                         "SelfPatch' checkpoint of github.com/alinlab/SelfPatch)",
+            key_prefixes=("module.backbone.", "backbone.", "module."),
+            timm_kwargs={"class_token": False, "global_pool": "avg"},
+        ),
+        BackboneSpec(
             name="dinov2_s14", timm_arch="vit_small_patch14_dinov2", patch_size=14, dim=384, heads=6,
             hub_tag="vit_small_patch14_dinov2.lvd142m", timm_kwargs={"img_size": 518},
         ),
@@ -158,10 +172,11 @@ class ViTFeatures(nn.Module):
         self.facet = facet
         self.layer = layer
         self.patch_embed = vit.patch_embed.proj
-        self.cls_token = vit.cls_token
+        self.cls_token = vit.cls_token  # None for a ViT without one (SelfPatch)
         self.reg_token = getattr(vit, "reg_token", None)
         self.pos_embed = vit.pos_embed
-        self.num_prefix = 1 + (self.reg_token.shape[1] if self.reg_token is not None else 0)
+        self.num_cls = 0 if self.cls_token is None else 1  # also the CLS entries of pos_embed
+        self.num_prefix = self.num_cls + (self.reg_token.shape[1] if self.reg_token is not None else 0)
         self.blocks = nn.ModuleList(vit.blocks[: layer + 1])
         self.frozen_grid: tuple[int, int] | None = None
 
@@ -182,13 +197,13 @@ class ViTFeatures(nn.Module):
         if self.frozen_grid == (h, w):
             return self.frozen_pos_embed
         pos = self.pos_embed
-        n = pos.shape[1] - 1
+        n = pos.shape[1] - self.num_cls
         side = int(math.sqrt(n))
         if side * side != n:
             raise ValueError(f"positional embedding with {n} patch tokens is not square")
         if (h, w) == (side, side):
             return pos
-        cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
+        cls_pos, patch_pos = pos[:, : self.num_cls], pos[:, self.num_cls :]
         dim = pos.shape[-1]
         patch_pos = patch_pos.reshape(1, side, side, dim).permute(0, 3, 1, 2)
         patch_pos = F.interpolate(
@@ -200,14 +215,15 @@ class ViTFeatures(nn.Module):
         return torch.cat([cls_pos, patch_pos], dim=1)
 
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        """Patch embedding + CLS + positions -> ``B x (1+R+h*w) x C`` at the input of block 0."""
+        """Patch embedding + CLS (if the ViT has one) + positions -> ``B x (num_prefix+h*w) x C`` at the input of block 0."""
         b, _, height, width = x.shape
         h, w = check_resolution(self.spec, height, width)
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        cls = self.cls_token.expand(b, -1, -1)
-        x = torch.cat([cls, x], dim=1) + self.interpolate_pos_embed(h, w).to(x.dtype)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
+        x = x + self.interpolate_pos_embed(h, w).to(x.dtype)
         if self.reg_token is not None:
-            x = torch.cat([x[:, :1], self.reg_token.expand(b, -1, -1), x[:, 1:]], dim=1)
+            x = torch.cat([x[:, : self.num_cls], self.reg_token.expand(b, -1, -1), x[:, self.num_cls :]], dim=1)
         return x, h, w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -272,7 +288,6 @@ def load_backbone_weights(spec: BackboneSpec, vit: nn.Module, path: str | os.Pat
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or not a torch file
-        from lift_rt.cli import load_error_reason
 
         raise ValueError(f"cannot read backbone checkpoint {path}: not a valid checkpoint file ({load_error_reason(exc)})") from None
     if not isinstance(state, dict):
@@ -299,6 +314,27 @@ def load_backbone_weights(spec: BackboneSpec, vit: nn.Module, path: str | os.Pat
     vit.load_state_dict({k: state[k] for k in wanted}, strict=False)
 
 
+HUB_WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")  # timm's files, in its order
+
+
+def hub_cache_file(spec: BackboneSpec) -> Path | None:
+    """The timm weights of ``spec.hub_tag`` in the local Hugging Face cache, or None (never downloads)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(spec.hub_tag)
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    for filename in ((cfg.hf_hub_filename,) if cfg.hf_hub_filename else HUB_WEIGHT_FILES):
+        try:
+            return Path(hf_hub_download(repo, filename, revision=revision or None, local_files_only=True))
+        except LocalEntryNotFoundError:
+            continue
+    return None
+
+
 def load_from_hub_cache(spec: BackboneSpec) -> nn.Module:
     """timm pretrained weights from the local Hugging Face cache only (never downloads)."""
     import timm
@@ -308,16 +344,8 @@ def load_from_hub_cache(spec: BackboneSpec) -> nn.Module:
             f"{spec.name} has no hub copy; download {spec.official_file} from {spec.official_url} "
             f"and pass it as backbone_weights=PATH"
         )
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    # huggingface_hub reads the variable once, at import (timm has imported it by now): set its flag too.
-    hub_constants = _hub_constants()
-    previous_flag = getattr(hub_constants, "HF_HUB_OFFLINE", None)
-    if hub_constants is not None:
-        hub_constants.HF_HUB_OFFLINE = True
-    try:
-        return timm.create_model(spec.hub_tag, pretrained=True, num_classes=0, **spec.timm_kwargs)
-    except Exception as exc:
+    path = hub_cache_file(spec)
+    if path is None:
         where = os.environ.get("HF_HOME", "~/.cache/huggingface")
         official = f", or download {spec.official_file} from {spec.official_url} and pass backbone_weights=PATH" if spec.official_file else ""
         raise WeightsNotFoundError(
@@ -325,23 +353,9 @@ def load_from_hub_cache(spec: BackboneSpec) -> nn.Module:
             f"Hugging Face cache under {where}). Fetch them on a connected machine with "
             f"`timm.create_model('{spec.hub_tag}', pretrained=True)` and copy the cache here{official}; "
             f"or ask for random weights explicitly (random_init=True; --random-init on the command line)."
-        ) from exc
-    finally:
-        if hub_constants is not None:
-            hub_constants.HF_HUB_OFFLINE = previous_flag
-        if previous is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = previous
-
-
-def _hub_constants():
-    """``huggingface_hub.constants`` (its offline flag), or None where huggingface_hub is absent."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        return None
-    return constants
+        )
+    return timm.create_model(spec.hub_tag, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, num_classes=0,
+                             **spec.timm_kwargs)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from lift_rt.backbones import BACKBONES, FACETS, get_spec
+from lift_rt.errors import load_error_reason
 from lift_rt.model import LiFT
 
 FORMAT_VERSION = "1"
@@ -86,7 +87,6 @@ def read_lift_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        from lift_rt.cli import load_error_reason
 
         raise ValueError(f"cannot read LiFT checkpoint {path}: not a valid checkpoint file ({load_error_reason(exc)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -1,21 +1,63 @@
-"""Checks the command-line tools share: argparse types, the device, output paths, load errors.
+"""argparse types the command-line tools share; imported by command-line modules only.
 
-Each raises ValueError (or argparse.ArgumentTypeError) with a one-line message
-naming the flag, which the tools print as ``<prog>: error: <message>``. Also
-:func:`integer_arg`, the same rule for integer arguments of the Python API, and
-:func:`show_logs`, which the tools call to print the library's log records.
+Each raises argparse.ArgumentTypeError with a one-line message, which argparse
+prints as ``<prog>: error: argument <flag>: <message>``. Checks shared with the
+Python API live in :mod:`lift_rt.arguments`, the device flag in :mod:`lift_rt.devices`.
+Also what every tool does with its help text (:func:`plain_text`) and with the
+library's log records (:func:`show_logs`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import operator
-import os
 import sys
-from pathlib import Path
 
-import torch
+
+def _int_at_least(text: str, minimum: int, wanted: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every evaluation command shares for where its features come from: --backbone-weights,
+    --random-init, --backend, --precision, --device."""
+    parser.add_argument("--backbone-weights", default=None, help="official backbone checkpoint (default: the timm / Hugging Face cache)")
+    parser.add_argument("--random-init", action="store_true", help="random backbone (and LiFT) weights")
+    parser.add_argument("--backend", default="torch", help="Engine backend for the features (default torch; auto picks the fastest)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="feature precision (default fp32)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+
+
+def plain_text(doc: str) -> str:
+    """A docstring as ``--help`` text: without reST's double backticks."""
+    return doc.replace("``", "")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -46,96 +88,3 @@ def show_logs(level: int = logging.INFO) -> None:
         handler = _StderrHandler()
         handler.setFormatter(_LineFormatter())
         root.addHandler(handler)
-
-
-def _int_at_least(text: str, minimum: int, wanted: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
-    return value
-
-
-def integer_arg(name: str, value, minimum: int) -> int:
-    """An API argument as an int >= minimum (numpy and torch integers too): bool, float and str are
-    TypeErrors naming ``name``, smaller values ValueErrors."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {number}")
-    return number
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer > 0."""
-    return _int_at_least(text, 1, "a positive integer")
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return _int_at_least(text, 0, "an integer >= 0")
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def cli_device(device: str | None) -> torch.device:
-    """:func:`lift_rt.engine.engine_device` for ``--device``; a CUDA device not present is a ValueError."""
-    from lift_rt.engine import engine_device
-
-    try:
-        return engine_device(device)
-    except RuntimeError as exc:  # engine_device's one RuntimeError: CUDA asked for but not visible
-        raise ValueError(f"--device {device}: {exc}") from None
-
-
-def check_writable(path: str | os.PathLike, flag: str, *, folder: bool = False) -> None:
-    """Raise ValueError unless ``path`` (a file, or a folder when ``folder``) can be written, missing parents
-    created: its first existing ancestor must be a writable folder (or, for a file, the file itself)."""
-    target = Path(path).absolute()
-    if target.is_dir() and not folder:
-        raise ValueError(f"{flag} {path} is a folder, not a file")
-    if target.exists() and not target.is_dir():
-        if folder:
-            raise ValueError(f"{flag} {path} is a file, not a folder")
-        if not os.access(target, os.W_OK):
-            raise ValueError(f"{flag} {path} is not writable")
-        return
-    ancestor = target if target.exists() else target.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ValueError(f"{flag} {path} cannot be created: {ancestor} is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path} cannot be written: {ancestor} is not writable")
-
-
-def plain_text(doc: str) -> str:
-    """A docstring as ``--help`` text: without reST's double backticks."""
-    return doc.replace("``", "")
-
-
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (just ``Type`` for an empty message)."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
-def load_error_reason(exc: BaseException) -> str:
-    """:func:`first_line` of a ``torch.load`` error, without torch's advice to load with weights_only=False."""
-    reason = first_line(exc)
-    return type(exc).__name__ if "weights_only" in reason else reason

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lift_rt.cli import check_writable, positive_int
+from lift_rt.arguments import check_writable
+from lift_rt.cli import positive_int
 from lift_rt.preprocess import pil_to_rgb
 
 logger = logging.getLogger(__name__)

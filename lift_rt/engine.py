@@ -12,6 +12,7 @@ from torch import nn
 from lift_rt.backbones import build_backbone, check_resolution, get_spec, seeded
 from lift_rt.backends import build_backend
 from lift_rt.checkpoint import load_lift, trained_backbone
+from lift_rt.devices import engine_device
 from lift_rt.model import LiFT
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.preprocess import precision_dtype, to_image_tensor
@@ -63,32 +64,6 @@ def build_pipeline(
     return LiftPipeline(vit, module.eval(), iterations=iterations).eval()
 
 
-ENGINE_DEVICES = "cpu, cuda or cuda:N"
-
-
-def engine_device(device: str | torch.device | None) -> torch.device:
-    """The device an :class:`Engine` runs on: ``device`` (cpu, cuda or cuda:N), or CUDA when present, else CPU.
-
-    Raises ValueError for any other device (meta, mps, ...) and RuntimeError
-    for a CUDA device that is not visible to PyTorch.
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a device; an Engine runs on {ENGINE_DEVICES}") from exc
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r}: an Engine runs on {ENGINE_DEVICES}, not {resolved.type}")
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r} was asked for but no CUDA device is visible to PyTorch")
-        count = torch.cuda.device_count()
-        if resolved.index is not None and resolved.index >= count:
-            raise RuntimeError(f"device={device!r} was asked for but PyTorch sees {count} CUDA device(s)")
-    return resolved
-
-
 class Engine:
     """Dense LiFT features for a batch of images.
 
@@ -111,8 +86,8 @@ class Engine:
         random_init: random backbone and LiFT weights where none are given.
         **backend_options: per backend; an unknown one is an error that lists the accepted ones.
             onnxruntime: ``cache_dir`` (exported graphs; default ``$LIFT_RT_CACHE`` or
-            ``~/.cache/lift_rt``, pruned to ``$LIFT_RT_CACHE_MAX_GB``, default 8), ``threads``,
-            ``verbose`` (say when a graph is exported). tensorrt: ``max_batch``, ``opt_batch``,
+            ``~/.cache/lift_rt``, pruned to ``$LIFT_RT_CACHE_MAX_GB``, default 8), ``threads``
+            (an export is announced on the ``lift_rt.export`` logger). tensorrt: ``max_batch``, ``opt_batch``,
             ``cache_dir``, ``workspace_bytes``. compile: ``mode``. triton: ``cuda_graph_max_batch``.
 
     The onnxruntime and tensorrt backends export one graph per new input size (seconds on a

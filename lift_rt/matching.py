@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lift_rt import _C
-from lift_rt.cli import integer_arg
+from lift_rt.arguments import integer_arg
 
 MAX_K: int = _C.MAX_K
 EPS = 1e-12  # as torch.nn.functional.normalize

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lift_rt.backbones import ViTFeatures, check_resolution
-from lift_rt.cli import integer_arg
+from lift_rt.arguments import integer_arg
 from lift_rt.model import upsample_iteratively
 
 

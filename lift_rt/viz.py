@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from lift_rt.cli import check_writable, first_line, plain_text, positive_int
+from lift_rt.arguments import check_writable
+from lift_rt.cli import plain_text, positive_int
+from lift_rt.errors import first_line
 from lift_rt.eval.pck import letterbox, load_rgb
 
 # matplotlib's viridis at 10 evenly spaced stops.

@@ -1,5 +1,8 @@
 """Backbone registry, facets (the authors' channel order), resolutions, weight sources."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,7 +17,8 @@ def dino_s16():
 
 def test_registry_entries():
     expected = {"dino_s16": (16, 384), "dino_s8": (8, 384), "dino_b16": (16, 768), "dino_b8": (8, 768),
-                "moco_s16": (16, 384), "vit_s16": (16, 384), "leopart_s16": (16, 384), "dinov2_s14": (14, 384)}
+                "moco_s16": (16, 384), "vit_s16": (16, 384), "leopart_s16": (16, 384), "dinov2_s14": (14, 384),
+                "selfpatch_s16": (16, 384)}
     for name, (patch, dim) in expected.items():
         spec = BACKBONES[name]
         assert (spec.patch_size, spec.dim) == (patch, dim)
@@ -124,6 +128,8 @@ def test_no_weights_means_error_not_random():
         build_backbone("dino_s8")
     with pytest.raises(WeightsNotFoundError, match="leopart_vits16.ckpt"):
         build_backbone("leopart_s16")
+    with pytest.raises(WeightsNotFoundError, match="dino_selfpatch.pth"):
+        build_backbone("selfpatch_s16")
 
 
 def test_official_checkpoint_round_trip(tmp_path):
@@ -180,6 +186,44 @@ def test_leopart_checkpoint_under_any_wrapper_name(tmp_path, wrapper):
     torch.testing.assert_close(loaded.cls_token, source.cls_token, rtol=0, atol=0)
 
 
+def selfpatch_source() -> torch.nn.Module:
+    """A SelfPatch-layout ViT (no CLS token) with every weight random."""
+    source = create_vit(BACKBONES["selfpatch_s16"])
+    assert source.cls_token is None and source.pos_embed.shape == (1, 196, 384)
+    with torch.no_grad():
+        for tensor in source.state_dict().values():
+            tensor.copy_(torch.randn_like(tensor))
+    return source
+
+
+@pytest.mark.parametrize("layout", ["released", "teacher", "student"])
+def test_selfpatch_checkpoint_layouts_and_features(tmp_path, layout):
+    """The released plain state dict, and the training dict's teacher ('backbone.*') or student
+    ('module.backbone.*'); the key facet is computed without a CLS token, as SelfPatch's ViT runs."""
+    source = selfpatch_source()
+    plain = dict(source.state_dict())
+    head = {"head.cls_token": torch.randn(1, 1, 384), "head.last_layer.weight_g": torch.randn(8, 1)}  # not the ViT
+    if layout == "released":
+        state = plain
+    else:
+        prefix = "backbone." if layout == "teacher" else "module.backbone."
+        wrapped = {f"{prefix}{k}": v for k, v in plain.items()} | {prefix.replace("backbone.", "") + k: v for k, v in head.items()}
+        state = {layout: wrapped, "epoch": 200}
+    path = tmp_path / "dino_selfpatch.pth"
+    torch.save(state, path)
+    loaded = build_backbone("selfpatch_s16", weights=path)
+    assert loaded.cls_token is None and loaded.num_prefix == 0
+    torch.testing.assert_close(loaded.pos_embed, source.pos_embed, rtol=0, atol=0)
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        x = source.blocks[:-1](source._pos_embed(source.patch_embed(image)))  # timm's own modules, no CLS
+        last = source.blocks[-1]
+        keys = last.attn.qkv(last.norm1(x))[:, :, 384:768].reshape(1, 196, 6, 64)
+        expected = keys.transpose(-1, -2).flatten(-2).transpose(1, 2).reshape(1, 384, 14, 14)
+        torch.testing.assert_close(loaded(image), expected, rtol=1e-4, atol=1e-4)
+        assert loaded(torch.randn(1, 3, 96, 128)).shape == (1, 384, 6, 8)  # positions resized without a CLS entry
+
+
 def test_checkpoint_for_another_backbone(tmp_path):
     path = tmp_path / "dino_vitbase16_pretrain.pth"
     torch.save(create_vit(BACKBONES["dino_b16"]).state_dict(), path)
@@ -199,19 +243,38 @@ def test_corrupt_or_missing_backbone_file(tmp_path):
         build_backbone("dino_s16", weights=bad, random_init=True)
 
 
-def test_hub_cache_lookup_is_offline(monkeypatch):
-    """huggingface_hub reads HF_HUB_OFFLINE at import: the lookup must switch its flag, never download."""
-    import timm
+def fake_hub_cache(cache: Path, repo: str, state: dict) -> None:
+    """The Hugging Face cache layout for ``repo`` holding ``state`` as model.safetensors."""
+    from safetensors.torch import save_file
+
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0" * 40)
+
+
+def test_hub_cache_lookup_reads_the_local_cache_and_changes_no_global_state(monkeypatch, tmp_path):
+    """timm weights come from the local cache (local_files_only): no download, no process-wide offline switch."""
+    import huggingface_hub
     from huggingface_hub import constants
+    from timm.models import get_pretrained_cfg
 
-    seen = []
+    from lift_rt.backbones import create_vit
 
-    def fake_create_model(*args, **kwargs):
-        seen.append(constants.is_offline_mode())
-        raise RuntimeError("not cached")
-
-    monkeypatch.setattr(timm, "create_model", fake_create_model)
-    before = constants.HF_HUB_OFFLINE
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.file_download, "get_hf_file_metadata",
+                        lambda *a, **k: pytest.fail("the lookup went to the network"))
+    env_before, flag_before = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
     with pytest.raises(WeightsNotFoundError, match="random_init=True"):
-        build_backbone("dino_s16")
-    assert seen == [True] and constants.HF_HUB_OFFLINE == before
+        build_backbone("dino_s16")  # empty cache: the message says what to fetch
+    spec = get_spec("dino_s16")
+    torch.manual_seed(3)
+    state = create_vit(spec).state_dict()
+    fake_hub_cache(tmp_path, get_pretrained_cfg(spec.hub_tag).hf_hub_id, state)
+    vit = build_backbone("dino_s16")
+    for got, key in ((vit.patch_embed.weight, "patch_embed.proj.weight"), (vit.pos_embed, "pos_embed"),
+                     (vit.blocks[11].attn.qkv.weight, "blocks.11.attn.qkv.weight")):
+        torch.testing.assert_close(got.detach(), state[key], rtol=0, atol=0)
+    assert os.environ.get("HF_HUB_OFFLINE") == env_before and constants.HF_HUB_OFFLINE == flag_before

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from lift_rt import backends
-from lift_rt.backends import AUTO_ORDER_CPU, AUTO_ORDER_GPU, BackendUnavailable, CompileBackend, TorchBackend, choose_backend
+from lift_rt.backends import (
+    AUTO_ORDER_CPU, AUTO_ORDER_GPU, Backend, BackendUnavailable, CompileBackend, TorchBackend, auto_order, build_backend,
+    unavailable_reason,
+)
 from lift_rt.engine import Engine, build_pipeline
 from lift_rt.preprocess import precision_dtype
 
@@ -58,13 +61,13 @@ def test_onnxruntime_backend_keeps_one_graph_per_resolution(tmp_path):
             reference = engine.pipeline(images)
         assert out.shape == (2, 384, height // 8, width // 8)
         assert relative_error(out, reference) <= 1e-5
-    assert sorted(engine.backend.sessions) == [(48, 96), (64, 64)]
+    assert sorted(engine.backend.artifacts) == [(48, 96), (64, 64)]
     assert len(list(tmp_path.rglob("*.onnx"))) == 2
 
 
 def test_onnxruntime_backend_refuses_bf16():
     pytest.importorskip("onnxruntime")
-    from lift_rt.export.ort_backend import OnnxRuntimeBackend
+    from lift_rt.backends import OnnxRuntimeBackend
 
     pipeline = build_pipeline("dino_s16", random_init=True, layer=0)
     with pytest.raises(BackendUnavailable, match="not bf16"):
@@ -81,7 +84,7 @@ def test_onnxruntime_backend_refuses_bad_thread_counts(threads, tmp_path):
 
 def test_onnxruntime_cuda_needs_the_cuda_provider():
     ort = pytest.importorskip("onnxruntime")
-    from lift_rt.export.ort_backend import OnnxRuntimeBackend
+    from lift_rt.backends import OnnxRuntimeBackend
 
     reason = OnnxRuntimeBackend.unavailable_reason(torch.device("cuda"))
     if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -105,7 +108,7 @@ def test_onnxruntime_cuda_matches_torch(tmp_path):
 
 
 def test_tensorrt_backend_says_what_is_missing():
-    from lift_rt.export.trt_backend import TensorRTBackend
+    from lift_rt.backends import TensorRTBackend
     from lift_rt.export.trt_engine import tensorrt_unavailable_reason
 
     reason = TensorRTBackend.unavailable_reason(torch.device("cuda"))
@@ -150,16 +153,33 @@ def test_compile_backend_matches_torch(precision, tolerance):
     torch.testing.assert_close(out.float(), reference, rtol=tolerance, atol=tolerance * scale)
 
 
+def fake_backend(backend_name: str, present: set[str]) -> type[Backend]:
+    """A backend class that runs nothing and is present when its name is in ``present``."""
+
+    class Fake(Backend):
+        name = backend_name
+
+        @classmethod
+        def unavailable_reason(cls, device):
+            return None if backend_name in present else f"{backend_name} missing"
+
+    return Fake
+
+
 def test_auto_takes_the_first_present_backend_in_order(monkeypatch):
     present = {"compile", "onnxruntime", "torch"}
-    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device: None if name in present else f"{name} missing")
-    name, skipped = choose_backend(torch.device("cuda"))
+    monkeypatch.setattr(backends, "BACKENDS", {name: fake_backend(name, present) for name in backends.BACKENDS})
+    backend, skipped = build_backend(None, "auto", device=torch.device("cuda"))
     assert AUTO_ORDER_GPU[:3] == ("tensorrt", "triton", "compile")
-    assert name == "compile" and skipped == ["tensorrt: tensorrt missing", "triton: triton missing"]
-    assert choose_backend(CPU)[0] == next(n for n in AUTO_ORDER_CPU if n in present)
+    assert backend.name == "compile" and skipped == ["tensorrt: tensorrt missing", "triton: triton missing"]
+    assert build_backend(None, "auto", device=CPU)[0].name == next(n for n in AUTO_ORDER_CPU if n in present)
     present.clear()
     with pytest.raises(BackendUnavailable, match="no backend can run here"):
-        choose_backend(CPU)
+        build_backend(None, "auto", device=CPU)
+
+
+def first_present(device: torch.device) -> str:
+    return next(name for name in auto_order(device) if unavailable_reason(name, device) is None)
 
 
 def test_auto_on_cpu_is_the_measured_best():
@@ -168,5 +188,5 @@ def test_auto_on_cpu_is_the_measured_best():
     assert AUTO_ORDER_CPU[0] == "torch" and "compile" not in AUTO_ORDER_CPU
     torch.manual_seed(0)
     engine = Engine("dino_s16", random_init=True, layer=0, backend="auto", device="cpu")
-    assert engine.backend_name == choose_backend(CPU)[0]
+    assert engine.backend_name == first_present(CPU)
     assert engine.backend_name in repr(engine)

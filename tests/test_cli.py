@@ -8,7 +8,10 @@ import pickle
 import pytest
 import torch
 
-from lift_rt.cli import check_writable, cli_device, load_error_reason, non_negative_int, positive_float, positive_int
+from lift_rt.arguments import check_writable
+from lift_rt.cli import non_negative_int, positive_float, positive_int
+from lift_rt.devices import device_arg
+from lift_rt.errors import load_error_reason
 
 
 def test_argparse_types_accept_their_range_and_reject_the_rest():
@@ -19,11 +22,11 @@ def test_argparse_types_accept_their_range_and_reject_the_rest():
             parse(bad)
 
 
-def test_cli_device_turns_a_missing_cuda_device_into_a_value_error(monkeypatch):
-    assert cli_device("cpu") == torch.device("cpu")
+def test_device_arg_turns_a_missing_cuda_device_into_a_value_error(monkeypatch):
+    assert device_arg("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="--device cuda:1: .*no CUDA device"):
-        cli_device("cuda:1")
+        device_arg("cuda:1")
 
 
 def test_check_writable(tmp_path):

@@ -406,7 +406,7 @@ def test_refused_profile_is_an_error(monkeypatch, tmp_path):
                                                        (True, (2, 384, 7, 7), "gives a \\(2, 384, 7, 7\\) output")])
 def test_tensorrt_run_checks_shapes_before_writing(pipelines, accepts, out_shape, match):
     """The output buffer is sized from the pipeline: an engine that disagrees must not be run into it."""
-    from lift_rt.export.trt_backend import TensorRTBackend
+    from lift_rt.backends import TensorRTBackend
 
     class Context:
         def set_input_shape(self, name, shape): return accepts

@@ -105,7 +105,7 @@ def test_backend_matches_torch_backend(batch):
 def test_backend_refuses_other_upsamplers(monkeypatch):
     from lift_rt.backends import BackendUnavailable
     from lift_rt.engine import build_pipeline
-    from lift_rt.kernels.backend import TritonBackend
+    from lift_rt.backends import TritonBackend
     from lift_rt.upsamplers import build_upsampler
 
     monkeypatch.setattr(TritonBackend, "unavailable_reason", classmethod(lambda cls, device: None))
@@ -132,7 +132,7 @@ def test_relu_keeps_nan():
 def test_backend_moves_the_whole_pipeline(monkeypatch):
     """normalise() reads the pipeline's mean/std buffers: they must sit on the backend's device with the backbone."""
     from lift_rt.engine import build_pipeline
-    from lift_rt.kernels.backend import TritonBackend
+    from lift_rt.backends import TritonBackend
 
     monkeypatch.setattr(TritonBackend, "unavailable_reason", classmethod(lambda cls, device: None))
     pipeline = build_pipeline("dino_s16", random_init=True, layer=0)

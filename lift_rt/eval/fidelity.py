@@ -25,7 +25,9 @@ from torch import nn
 
 from lift_rt.backbones import FACETS, ViTFeatures, get_spec
 from lift_rt.checkpoint import read_lift_metadata, trained_backbone
-from lift_rt.cli import check_writable, cli_device, non_negative_int, plain_text, positive_int, show_logs
+from lift_rt.arguments import check_writable
+from lift_rt.cli import non_negative_int, plain_text, positive_int, show_logs
+from lift_rt.devices import device_arg
 from lift_rt.data import ImageFolder
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.train.losses import feature_pyramid
@@ -82,7 +84,7 @@ def _backbone_settings(args: argparse.Namespace, facet: str) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """The ``fidelity`` command: print the table (bad inputs raise; the dispatcher prints them)."""
-    device = cli_device(args.device)
+    device = device_arg(args.device)
     if args.json:
         check_writable(args.json, "--json")
     spec = get_spec(args.backbone)

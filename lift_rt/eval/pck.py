@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lift_rt.cli import cli_device, non_negative_int, positive_float
+from lift_rt.cli import non_negative_int, positive_float
+from lift_rt.devices import device_arg
 from lift_rt.preprocess import pil_to_rgb
 
 ALPHAS: tuple[float, ...] = (0.1, 0.05, 0.01)
@@ -354,7 +355,7 @@ def build_feature_pipeline(
 def build_backend(pipeline, backend: str = "torch", *, device: str | torch.device = "cpu", precision: str = "fp32", **options):
     """Wrap a pipeline in a backend by name (as :class:`lift_rt.Engine` does); ``BackendUnavailable`` says why one cannot run."""
     from lift_rt import backends
-    from lift_rt.engine import engine_device
+    from lift_rt.devices import engine_device
 
     return backends.build_backend(pipeline, backend, device=engine_device(device), precision=precision, options=options)[0]
 
@@ -498,7 +499,7 @@ def run_cli(args: argparse.Namespace) -> int:
         raise ValueError(f"--upsampler names no upsampler; choose from {', '.join(UPSAMPLER_CHOICES)}")
     for name in upsamplers:
         check_upsampler(spec.name, name, lift=args.lift, random_init=args.random_init)
-    device = cli_device(args.device)
+    device = device_arg(args.device)
     if args.pairs is not None and args.pairs < 1:
         raise ValueError(f"--pairs must be at least 1, got {args.pairs}")
     per_category = args.pairs or (100 if args.dataset.startswith("spair:") else 20)

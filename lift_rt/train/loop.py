@@ -37,7 +37,8 @@ import torch.distributed as dist
 from torch import nn
 
 from lift_rt.backbones import get_spec
-from lift_rt.cli import check_writable, cli_device
+from lift_rt.arguments import check_writable
+from lift_rt.devices import device_arg
 from lift_rt.data import ImageFolder, check_jitter, identity_difference
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.train.losses import TwoScaleObjective, get_loss
@@ -111,7 +112,7 @@ class TrainConfig:
         if not 0 <= self.layer < spec.depth:
             raise ValueError(f"--layer {self.layer} out of range for {spec.name} (0..{spec.depth - 1})")
         if self.device is not None:
-            cli_device(self.device)
+            device_arg(self.device)
 
     def settings(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in RUN_SETTINGS}

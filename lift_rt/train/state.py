@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lift_rt.checkpoint import read_lift_state, save_lift
+from lift_rt.errors import load_error_reason
 
 SIDECAR_SUFFIX = ".state.pt"
 
@@ -109,7 +110,6 @@ def read_resume_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         sidecar = torch.load(side, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt or not a torch file
-        from lift_rt.cli import load_error_reason
 
         raise ValueError(f"cannot resume from {path}: its resume state {side} is unreadable ({load_error_reason(exc)})") from None
     if not isinstance(sidecar, dict) or not {"optimizer", "position", "settings", "rng"} <= sidecar.keys():

@@ -8,10 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lift_rt.backends import Backend, BackendUnavailable
+from lift_rt.backends.base import BackendUnavailable, PerResolutionBackend
+from lift_rt.export.onnx_export import INPUT_NAME, ORT_PRECISIONS, OUTPUT_NAME, cached_onnx
 from lift_rt.pipeline import LiftPipeline
-
-from .onnx_export import INPUT_NAME, ORT_PRECISIONS, OUTPUT_NAME, cached_onnx
 
 NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 
@@ -27,35 +26,24 @@ def session_options(threads: int | None = None) -> Any:
     return options
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(PerResolutionBackend[Any]):
     """One ONNX graph and session per input resolution, exported (or read from the cache) on first use.
 
-    fp32 and fp16 graphs run; the output is a torch tensor on the engine's device
-    in the precision's dtype. ``cache_dir``: where graphs are kept (default
-    ``~/.cache/lift_rt``); ``threads``: intra-op threads.
+    fp32 and fp16 graphs run; the output is a torch tensor on the engine's device in the precision's
+    dtype. Options: ``cache_dir`` (where graphs are kept; default ``~/.cache/lift_rt``), ``threads``
+    (intra-op threads). An export is announced on the ``lift_rt.export`` logger (INFO).
     """
 
     name = "onnxruntime"
 
-    def __init__(
-        self,
-        pipeline: LiftPipeline,
-        *,
-        device: torch.device,
-        precision: str = "fp32",
-        cache_dir: str | os.PathLike | None = None,
-        threads: int | None = None,
-        verbose: bool = False,
-    ) -> None:
-        super().__init__(pipeline, device=device, precision=precision)
+    def __init__(self, pipeline: LiftPipeline, *, device: torch.device, precision: str = "fp32",
+                 cache_dir: str | os.PathLike | None = None, threads: int | None = None) -> None:
+        super().__init__(pipeline, device=device, precision=precision, cache_dir=cache_dir)
         if precision not in ORT_PRECISIONS:
             raise BackendUnavailable(f"onnxruntime runs {' and '.join(ORT_PRECISIONS)} graphs, not {precision}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
             raise ValueError(f"threads must be an integer >= 0 (0: torch's thread count), got {threads!r}")
-        self.cache_dir = cache_dir
         self.threads = threads
-        self.log = print if verbose else (lambda message: None)
-        self.sessions: dict[tuple[int, int], Any] = {}  # (H, W) -> onnxruntime.InferenceSession
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str | None:
@@ -75,19 +63,16 @@ class OnnxRuntimeBackend(Backend):
             return [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
-    def session(self, height: int, width: int) -> Any:
+    def build(self, height: int, width: int) -> Any:
+        """An ``onnxruntime.InferenceSession`` of the graph for ``height x width`` images."""
         import onnxruntime as ort
 
-        if (height, width) not in self.sessions:
-            path = cached_onnx(self.pipeline, (height, width), precision=self.precision, cache_dir=self.cache_dir, log=self.log)
-            self.sessions[(height, width)] = ort.InferenceSession(
-                str(path), sess_options=session_options(self.threads), providers=self.providers
-            )
-        return self.sessions[(height, width)]
+        path = cached_onnx(self.pipeline, (height, width), precision=self.precision, cache_dir=self.cache_dir)
+        return ort.InferenceSession(str(path), sess_options=session_options(self.threads), providers=self.providers)
 
     def run(self, images: torch.Tensor) -> torch.Tensor:
         b, _, height, width = images.shape
-        session = self.session(height, width)
+        session = self.artifact(height, width)
         images = images.to(self.device, torch.float32).contiguous()
         if self.device.type == "cpu":
             out = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]

@@ -13,7 +13,7 @@ import threading
 
 import torch
 
-from lift_rt.backends import Backend, BackendUnavailable
+from lift_rt.backends.base import Backend, BackendUnavailable
 from lift_rt.pipeline import LiftPipeline
 
 

@@ -7,60 +7,48 @@ from typing import Any
 
 import torch
 
-from lift_rt.backends import Backend
+from lift_rt.backends.base import PerResolutionBackend
+from lift_rt.export.onnx_export import INPUT_NAME, OUTPUT_NAME
+from lift_rt.export.trt_engine import DEFAULT_WORKSPACE_BYTES, check_batch_range, cached_engine, tensorrt_unavailable_reason
 from lift_rt.pipeline import LiftPipeline
 
-from .onnx_export import INPUT_NAME, OUTPUT_NAME
-from .trt_engine import DEFAULT_WORKSPACE_BYTES, check_batch_range, cached_engine, tensorrt_unavailable_reason
 
-
-class TensorRTBackend(Backend):
+class TensorRTBackend(PerResolutionBackend[tuple[Any, Any]]):
     """One engine per input resolution, built (or loaded from the cache) on first use.
 
-    Inputs are float32 images on the CUDA device; outputs are in the precision's
-    dtype. Batches above ``max_batch`` run in chunks.
+    Inputs are float32 images on the CUDA device; outputs are in the precision's dtype. Batches
+    above ``max_batch`` run in chunks. Options: ``max_batch``, ``opt_batch`` (the optimisation
+    profile), ``cache_dir``, ``workspace_bytes``.
     """
 
     name = "tensorrt"
 
-    def __init__(
-        self,
-        pipeline: LiftPipeline,
-        *,
-        device: torch.device,
-        precision: str = "fp16",
-        max_batch: int = 32,
-        opt_batch: int | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-    ) -> None:
-        super().__init__(pipeline, device=device, precision=precision)
+    def __init__(self, pipeline: LiftPipeline, *, device: torch.device, precision: str = "fp16", max_batch: int = 32,
+                 opt_batch: int | None = None, cache_dir: str | os.PathLike | None = None,
+                 workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> None:
+        super().__init__(pipeline, device=device, precision=precision, cache_dir=cache_dir)
         self.opt_batch = check_batch_range(max_batch, opt_batch)
         self.max_batch = max_batch
-        self.cache_dir = cache_dir
         self.workspace_bytes = workspace_bytes
-        self.contexts: dict[tuple[int, int], tuple[Any, Any]] = {}  # (H, W) -> (ICudaEngine, IExecutionContext)
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str | None:
         return tensorrt_unavailable_reason(device)
 
-    def context(self, height: int, width: int) -> Any:
-        """Execution context of the engine for ``height x width`` images."""
-        if (height, width) not in self.contexts:
-            with torch.cuda.device(self.device):
-                _, engine = cached_engine(
-                    self.pipeline, (height, width), precision=self.precision, max_batch=self.max_batch,
-                    opt_batch=self.opt_batch, cache_dir=self.cache_dir, workspace_bytes=self.workspace_bytes,
-                    device=self.device,
-                )
-                self.contexts[(height, width)] = (engine, engine.create_execution_context())
-        return self.contexts[(height, width)][1]
+    def build(self, height: int, width: int) -> tuple[Any, Any]:
+        """(ICudaEngine, IExecutionContext) of the engine for ``height x width`` images."""
+        with torch.cuda.device(self.device):
+            _, engine = cached_engine(
+                self.pipeline, (height, width), precision=self.precision, max_batch=self.max_batch,
+                opt_batch=self.opt_batch, cache_dir=self.cache_dir, workspace_bytes=self.workspace_bytes,
+                device=self.device,
+            )
+            return engine, engine.create_execution_context()
 
     def run(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, torch.float32).contiguous()
         height, width = images.shape[-2:]
-        context = self.context(height, width)
+        context = self.artifact(height, width)[1]
         chunks = [self.run_chunk(context, part) for part in images.split(self.max_batch)]
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
