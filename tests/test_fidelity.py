@@ -204,6 +204,7 @@ def test_cli_skips_unreadable_images_names_them_and_leaves_them_out(heldout, che
     assert f"3 images from {mixed} (2 unreadable skipped)" in captured.out
     named = [line for line in captured.err.splitlines() if "unreadable image" in line]
     assert len(named) == 2 and "0_bad.png" in named[0] and "1_bad.jpg" in named[1]
+    assert "fidelity: 100%" in captured.err  # the progress bar
     clean = json.loads((tmp_path / "clean.json").read_text())["results"]
     for name, result in json.loads((tmp_path / "mixed.json").read_text())["results"].items():
         assert result["mean"] == pytest.approx(clean[name]["mean"], abs=1e-6), name

@@ -365,6 +365,15 @@ def test_cli_ctrl_c_during_set_up_is_one_line(images, tmp_path, monkeypatch, cap
     assert capsys.readouterr().err == "python -m lift_rt.train: interrupted before training started, nothing saved\n"
 
 
+def test_cli_set_up_shows_its_stages_on_a_terminal(images, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    argv = ["--backbone", "dino_s16", "--random-init", "--layer", "0", "--imsize", "64", "--batch", "4", "--workers", "0",
+            "--max-steps", "1", "--data", str(images), "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "set-up:" in err and "backbone" in err and "images" in err and "epoch 1/5" in err
+
+
 def test_keeps_the_last_epochs_and_the_best(images, tmp_path):
     Trainer(tiny_config(images, tmp_path, epochs=5, keep_last=2, lr=0.5)).fit()  # a large step: the loss wanders
     means = {int(Path(e["path"]).stem.removeprefix("epoch")): e["mean_loss"] for e in read_log(tmp_path) if "mean_loss" in e}

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -245,7 +246,9 @@ class Trainer:
             raise ValueError(f"--out {self.out} already holds a run ({', '.join(p.name for p in earlier[:3])}"
                              f"{', ...' if len(earlier) > 3 else ''}): continue it with --resume {earlier[-1]}, "
                              "or choose another --out")
-        setup = _progress(3, 0, "set-up", enabled=config.progress and env.rank == 0, unit="stage")
+        # On a terminal only, and gone when done: error messages from set-up stay one line.
+        setup = _progress(3, 0, "set-up", enabled=config.progress and env.rank == 0 and sys.stderr.isatty(), unit="stage",
+                          leave=False)
         try:
             self._build_parts(setup)
         finally:
@@ -493,10 +496,10 @@ class Trainer:
             log.flush()
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool, unit: str = "step"):
+def _progress(total: int, initial: int, desc: str, enabled: bool, unit: str = "step", leave: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=leave)
 
 
 def train(config: TrainConfig) -> Path | None:
