@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from lift_rt.arguments import check_writable
-from lift_rt.cli import plain_text, positive_int
+from lift_rt.cli import plain_text, positive_int, show_logs
 from lift_rt.errors import first_line
 from lift_rt.eval.pck import letterbox, load_rgb
 
@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="similarity.png", help="PNG to write (default similarity.png)")
     p.set_defaults(func=similarity_command)
     args = parser.parse_args(_join_point(sys.argv[1:] if argv is None else list(argv)))
+    show_logs()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:  # bad inputs: a message, not a traceback
