@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 from benchlib import BACKBONE, DEVICE, skip_reason
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' helpers: weight_files
+
 
 @pytest.fixture(scope="session")
 def random_weights(tmp_path_factory):
     """(backbone .pth, LiFT .safetensors): random dino_s8 weights, seed 0, shared by every bench."""
-    from lift_rt.eval.pck import random_weight_files
+    from weight_files import random_weight_files
 
     return random_weight_files(BACKBONE, tmp_path_factory.mktemp("bench-weights"), seed=0)
 

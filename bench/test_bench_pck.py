@@ -20,7 +20,10 @@ from benchlib import (
     device_name, gflops, skip_reason,
 )
 from lift_rt.backends import BACKENDS
-from lift_rt.eval.pck import ALPHAS, build_feature_pipeline, evaluate_pairs, pck, reference_pck, runtime_pck
+from lift_rt.engine import build_pipeline
+from lift_rt.eval.parity import reference_pck, runtime_pck
+from lift_rt.eval.pck import ALPHAS, pck
+from lift_rt.eval.transfer import evaluate_pairs
 from lift_rt.eval.synthetic import PHOTOS, synthetic_pairs
 
 ROWS = ("none", "bilinear", "2x input", "lift")
@@ -50,7 +53,7 @@ def row_model(random_weights):
     def get(row: str) -> nn.Module:
         if row not in cache:
             upsampler = "none" if row == "2x input" else row
-            model = build_feature_pipeline(BACKBONE, upsampler, lift=lift if row == "lift" else None, backbone_weights=backbone_weights)
+            model = build_pipeline(BACKBONE, lift if row == "lift" else None, upsampler=upsampler, backbone_weights=backbone_weights)
             cache[row] = (TwiceInput(model) if row == "2x input" else model).to(DEVICE).eval()
         return cache[row]
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Iterator
 
+from lift_rt.arguments import check_writable
 from lift_rt.backbones import BACKBONES, WeightsNotFoundError, check_layer, check_resolution, get_spec
 from lift_rt.cli import positive_float
 from lift_rt.engine import build_pipeline
+from lift_rt.errors import first_line
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.preprocess import PRECISIONS
 
@@ -33,7 +37,16 @@ examples:
   python -m lift_rt.export --backbone dino_s8 --lift-weights lift_dino_vits8.pth \\
       --backbone-weights dino_deitsmall8_pretrain.pth --precision fp16
   python -m lift_rt.export --backbone dino_s16 --random-init --resolution 448 --iterations 2
+
+exit status:
+  0  the graph (and the engine, where TensorRT and a GPU exist) is written and every check passed
+  1  written, but a parity check failed (its summary line says FAILED)
+  2  an error, printed as "python -m lift_rt.export: error: ...": a bad argument (before any work),
+     or a failure while exporting, checking or building; when TensorRT or CUDA fails after the
+     ONNX graph was written, the summary of what was written comes first
 """
+# Indents the library's log lines (exports, cache hits, removals) under the step they belong to.
+LOG_INDENT = "      "
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -93,82 +106,112 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for flag, path in (("--lift-weights", args.lift_weights), ("--backbone-weights", args.backbone_weights)):
         if path is not None and not path.is_file():
             parser.error(f"{flag} {path} " + ("is a folder, not a file" if path.is_dir() else "does not exist"))
-    out = args.out if args.out is not None else default_cache_dir()
-    if out.exists() and not out.is_dir():  # a read-only folder may still serve cached files: only this is checked
-        parser.error(f"--out {out} is a file, not a folder")
+    try:
+        check_writable(args.out if args.out is not None else default_cache_dir(), "--out", folder=True)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def size(path: Path) -> str:
     return f"{path.stat().st_size / 2**20:.1f} MiB"
 
 
+@contextlib.contextmanager
+def show_logs() -> Iterator[None]:
+    """Print the ``lift_rt`` loggers' INFO and above on stdout, indented, while the command runs."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(LOG_INDENT + "%(message)s"))
+    root = logging.getLogger("lift_rt")
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def error(parser: argparse.ArgumentParser, message: str) -> int:
+    """Print ``<prog>: error: message`` on stderr; the exit status of an error."""
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     validate(parser, args)
+    with show_logs():
+        return run(parser, args, sys.argv[1:] if argv is None else argv)
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
+    """Export, check, build; print the summary. Returns the exit status (see EPILOG)."""
     out = args.out if args.out is not None else default_cache_dir()
     height, width = args.resolution
-    say = lambda message: print(message, flush=True)  # noqa: E731
     start = time.perf_counter()
     try:
-        say(f"[1/4] building the pipeline: {args.backbone}, LiFT x{args.iterations}"
-            + (" (random weights where no file is given)" if args.random_init else ""))
+        print(f"[1/4] building the pipeline: {args.backbone}, LiFT x{args.iterations}"
+              + (" (random weights where no file is given)" if args.random_init else ""), flush=True)
         pipeline = build_pipeline(
             args.backbone, args.lift_weights, iterations=args.iterations, facet=args.facet, layer=args.layer,
             backbone_weights=args.backbone_weights, random_init=args.random_init,
         )
-        say(f"[2/4] exporting ONNX (opset {OPSET[args.precision]}, {args.precision}, {height}x{width}, dynamic batch) into {out}")
-        onnx_path = cached_onnx(pipeline, (height, width), precision=args.precision, cache_dir=out, log=lambda m: say("      " + m))
-        parity: Parity | str
-        if args.no_check:
-            parity = "not checked (--no-check)"
-            say("[3/4] checks: skipped (--no-check)")
-        elif args.precision not in ORT_PRECISIONS:
-            say("[3/4] checking: onnx.checker")
-            validate_onnx(onnx_path)
-            parity = f"onnx.checker OK; no parity check (onnxruntime's CPU provider cannot run {args.precision} graphs)"
-        else:
-            say("[3/4] checking: onnx.checker, then onnxruntime (CPU) vs PyTorch fp32 on random images")
-            parity = check_onnx(onnx_path, pipeline, precision=args.precision)
+        print(f"[2/4] ONNX graph (opset {OPSET[args.precision]}, {args.precision}, {height}x{width}, dynamic batch) in {out}", flush=True)
+        onnx_path = cached_onnx(pipeline, (height, width), precision=args.precision, cache_dir=out)
+        checker, parity = check(args, onnx_path, pipeline)
     except (ValueError, RuntimeError, OSError, WeightsNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    command = shlex.join(["python", "-m", "lift_rt.export", *(sys.argv[1:] if argv is None else argv)])
-    engine_failed = False
+        return error(parser, str(exc))
+    command = shlex.join(["python", "-m", "lift_rt.export", *argv])
+    engine_error = None
     try:
-        engine_line, engine_parity = build_tensorrt(args, pipeline, out, say, command)
+        engine_line, engine_parity = build_tensorrt(args, pipeline, out, command)
     except Exception as exc:  # TensorRT and CUDA raise their own types; the ONNX graph is written either way
-        engine_failed = True
+        engine_error = f"TensorRT engine: {first_line(exc)}"
         engine_line, engine_parity = f"not built: the build failed ({type(exc).__name__}: {exc})", None
-        print(f"error: TensorRT engine: {type(exc).__name__}: {exc}", file=sys.stderr)
-    say(f"\nsummary ({time.perf_counter() - start:.0f} s)")
-    say(f"  onnx    {onnx_path} ({size(onnx_path)})")
-    say(f"  parity  onnxruntime CPU vs PyTorch: {parity}")
-    say(f"  engine  {engine_line}")
+    print(f"\nsummary ({time.perf_counter() - start:.0f} s)")
+    print(f"  onnx    {onnx_path} ({size(onnx_path)})")
+    print(f"  checker {checker}")
+    print(f"  parity  {parity}")
+    print(f"  engine  {engine_line}")
     if engine_parity is not None:
-        say(f"  parity  TensorRT vs PyTorch: {engine_parity}")
-    failed = [p for p in (parity, engine_parity) if isinstance(p, Parity) and not p.ok]
-    return 1 if failed or engine_failed else 0
+        print(f"  parity  TensorRT vs PyTorch: {engine_parity}")
+    if engine_error is not None:
+        return error(parser, engine_error)
+    return 1 if any(isinstance(p, Parity) and not p.ok for p in (parity, engine_parity)) else 0
 
 
-def build_tensorrt(
-    args: argparse.Namespace, pipeline: LiftPipeline, out: Path, say: Callable[[str], None], command: str
-) -> tuple[str, Parity | None]:
+def check(args: argparse.Namespace, onnx_path: Path, pipeline: LiftPipeline) -> tuple[str, Parity | str]:
+    """Run the checks the precision allows: (onnx.checker's verdict, onnxruntime's parity or why none was run)."""
+    if args.no_check:
+        print("[3/4] checks: skipped (--no-check)", flush=True)
+        return "not run (--no-check)", "not checked (--no-check)"
+    if args.precision not in ORT_PRECISIONS:
+        print("[3/4] checking: onnx.checker", flush=True)
+        validate_onnx(onnx_path)
+        return "OK", (f"not checked: onnxruntime's CPU provider cannot run {args.precision} graphs; only a TensorRT "
+                      f"engine build (on an NVIDIA GPU) checks the {args.precision} numerics")
+    print("[3/4] checking: onnx.checker, then onnxruntime (CPU) vs PyTorch fp32 on random images", flush=True)
+    parity = check_onnx(onnx_path, pipeline, precision=args.precision)
+    return "OK", f"onnxruntime CPU vs PyTorch: {parity}"
+
+
+def build_tensorrt(args: argparse.Namespace, pipeline: LiftPipeline, out: Path, command: str) -> tuple[str, Parity | None]:
     """Build (or reuse) the TensorRT engine and check it; else the reason none was built (``command``: this run's)."""
     if args.no_engine:
-        say("[4/4] TensorRT engine: skipped (--no-engine)")
+        print("[4/4] TensorRT engine: skipped (--no-engine)", flush=True)
         return "not built: --no-engine", None
     reason = tensorrt_unavailable_reason("cuda")
     if reason is not None:
-        say(f"[4/4] TensorRT engine: not built, {reason}")
-        return (f"not built: {reason}.\n          The ONNX graph above is complete; to build the engine, run this command on "
-                f"a machine with TensorRT and an NVIDIA GPU:\n          {command}"), None
+        print("[4/4] TensorRT engine: not available here (the summary says why)", flush=True)
+        return f"not built: {reason}\n          to build it where TensorRT runs (the ONNX graph above is complete): {command}", None
     from lift_rt.backends import TensorRTBackend
 
-    say(f"[4/4] TensorRT engine: batch 1..{args.max_batch}, {args.precision}")
+    print(f"[4/4] TensorRT engine: batch 1..{args.max_batch}, {args.precision}", flush=True)
     path, _ = cached_engine(
         pipeline, args.resolution, precision=args.precision, max_batch=args.max_batch, opt_batch=args.opt_batch,
-        cache_dir=out, workspace_bytes=int(args.workspace_gb * 2**30), log=lambda m: say("      " + m),
+        cache_dir=out, workspace_bytes=int(args.workspace_gb * 2**30),
     )
     backend = TensorRTBackend(
         pipeline, device="cuda", precision=args.precision, max_batch=args.max_batch, opt_batch=args.opt_batch, cache_dir=out,

@@ -5,11 +5,15 @@ Each artifact is stored under a name derived from an :class:`ArtifactKey`
 precision, batch range, runtime version, device) beside a ``.json`` sidecar
 holding the full key and the file's SHA-256. A file whose sidecar is missing,
 names another key or a different digest is stale or corrupt: it is rebuilt
-with a message, never used.
+with a warning, never used.
 
 The cache is capped at ``$LIFT_RT_CACHE_MAX_GB`` GiB (default 8): after an
 artifact is written, the least recently used ones (by modification time, which
 a cache hit refreshes) are removed until the artifacts total less.
+
+Messages go to this module's logger (``lift_rt.export.cache``): what is built
+(and how long it took), reused and removed at INFO; rebuilds of stale or
+corrupt files at WARNING.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,6 +36,8 @@ from torch import nn
 CACHE_ENV = "LIFT_RT_CACHE"
 CACHE_MAX_ENV = "LIFT_RT_CACHE_MAX_GB"
 DEFAULT_CACHE_MAX_GB = 8.0
+
+logger = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -156,12 +164,12 @@ def cache_entries(directory: Path) -> list[tuple[Path, int, float]]:
     return entries
 
 
-def prune_cache(directory: Path, keep: Path, log: Callable[[str], None] = print) -> list[Path]:
+def prune_cache(directory: Path, keep: Path) -> list[Path]:
     """Remove the least recently used artifacts (with their sidecars) until the cache totals under its limit.
 
     The limit is :func:`cache_limit_bytes` (none: nothing is removed). ``keep``,
     the artifact just written in ``directory``, is never removed. Logs one line
-    per removal; returns the removed artifacts, oldest first.
+    (INFO) per removal; returns the removed artifacts, oldest first.
     """
     limit = cache_limit_bytes()
     if limit is None:
@@ -178,8 +186,8 @@ def prune_cache(directory: Path, keep: Path, log: Callable[[str], None] = print)
         sidecar(path).unlink(missing_ok=True)
         total -= size
         removed.append(path)
-        log(f"removed {path} ({size / 2**20:.1f} MiB): least recently used entry of a cache over its "
-            f"{limit / 2**30:g} GiB limit (${CACHE_MAX_ENV})")
+        logger.info("removed %s (%.1f MiB): least recently used entry of a cache over its %g GiB limit ($%s)",
+                    path, size / 2**20, limit / 2**30, CACHE_MAX_ENV)
     return removed
 
 
@@ -188,12 +196,14 @@ def cached_artifact(
     key: ArtifactKey,
     suffix: str,
     build: Callable[[Path], None],
-    log: Callable[[str], None] = print,
+    action: str,
 ) -> Path:
     """Path of the valid artifact for ``key`` in ``directory``, building it when absent, stale or corrupt.
 
     ``build(tmp_path)`` writes the file; it is moved into place only once
     complete, so an interrupted build never leaves a file that looks valid.
+    ``action`` says what a build does, for the log (INFO), e.g. ``exporting
+    dino_s8 224x224 fp32 to ONNX (takes 10 s to a minute on a CPU)``.
     A hit refreshes the artifact's mtime; a build then prunes the cache
     (:func:`prune_cache`) when ``directory`` is the default cache (:func:`default_cache_dir`).
     """
@@ -201,17 +211,19 @@ def cached_artifact(
     path = directory / f"{key.stem}{suffix}"
     reason = invalid_reason(path, key)
     if reason is None:
-        log(f"using cached {path}")
+        logger.info("using cached %s", path)
         with contextlib.suppress(OSError):  # a read-only cache still serves; only its LRU order goes stale
             os.utime(path)
         return path
     if path.exists():
-        log(f"rebuilding {path.name}: {reason}")
+        logger.warning("rebuilding %s: %s", path.name, reason)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # the folder (or a parent) is a file, or cannot be created
         raise ValueError(f"cannot create the cache folder {directory}: {exc.strerror or exc}") from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    logger.info("%s", action)
+    start = time.perf_counter()
     try:
         build(tmp)
         sidecar(path).unlink(missing_ok=True)
@@ -219,6 +231,7 @@ def cached_artifact(
     finally:
         tmp.unlink(missing_ok=True)
     store(path, key)
+    logger.info("wrote %s (%.1f MiB, %.0f s)", path, path.stat().st_size / 2**20, time.perf_counter() - start)
     if directory.resolve() == default_cache_dir().resolve():  # a folder named by the user (--out) is never pruned
-        prune_cache(directory, keep=path, log=log)
+        prune_cache(directory, keep=path)
     return path

@@ -19,7 +19,6 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -142,12 +141,16 @@ def cached_onnx(
     *,
     precision: str = "fp32",
     cache_dir: str | os.PathLike | None = None,
-    log: Callable[[str], None] = print,
 ) -> Path:
-    """The ONNX graph for this pipeline, resolution and precision, exported once into ``cache_dir``."""
+    """The ONNX graph for this pipeline, resolution and precision, exported once into ``cache_dir``.
+
+    An export (10 s to a minute on a CPU) is announced on the ``lift_rt.export.cache`` logger at INFO.
+    """
     key = onnx_key(pipeline, resolution, precision)
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return cached_artifact(directory, key, ".onnx", lambda tmp: export_onnx(pipeline, tmp, resolution, precision=precision), log)
+    action = (f"exporting {key.backbone} {key.height}x{key.width} {precision} to ONNX "
+              "(takes 10 s to a minute on a CPU)")
+    return cached_artifact(directory, key, ".onnx", lambda tmp: export_onnx(pipeline, tmp, resolution, precision=precision), action)
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,17 @@
 Networks are strongly typed: the precision is the ONNX graph's (fp32, fp16 or
 bf16 export), not a builder flag. One optimisation profile covers batch
 1..max at the graph's fixed resolution. A timing cache per TensorRT version and
-GPU speeds up rebuilds. Engines are cached by :func:`engine_key`.
+GPU speeds up rebuilds. Engines are cached by :func:`engine_key`. Messages
+(builds, rebuilds, timing caches replaced) go to this module's logger.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 # max |engine - torch fp32| / max |torch| accepted; fp32 engines use TF32 (TensorRT's default).
 ENGINE_TOLERANCE: dict[str, float] = {"fp32": 5e-3, "fp16": 1e-2, "bf16": 5e-2}
+logger = logging.getLogger(__name__)
 INSTALL_HINT = "install it with `pip install tensorrt` (its libraries come from NVIDIA's package index) on a machine with an NVIDIA GPU"
 
 
@@ -95,25 +98,26 @@ def build_engine(
     opt_batch: int,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
     timing_cache: Path | None = None,
-    log: Callable[[str], None] = print,
 ) -> None:
-    """Parse ``onnx_path`` into a strongly typed network and write the serialized engine to ``plan_path``."""
+    """Parse ``onnx_path`` into a strongly typed network and write the serialized engine to ``plan_path``.
+
+    ``timing_cache``: a file read first (when TensorRT accepts it) and rewritten with this build's timings.
+    """
     trt = import_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    trt_logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, trt_logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    config.set_timing_cache(load_timing_cache(config, timing_cache, log), True)  # ignore_mismatch: a foreign cache is dropped
+    use_timing_cache(config, timing_cache)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, (1, 3, height, width), (opt_batch, 3, height, width), (max_batch, 3, height, width))
     if config.add_optimization_profile(profile) < 0:
         raise RuntimeError(f"TensorRT refused the optimisation profile batch 1..{max_batch} (opt {opt_batch}) at {height}x{width}")
-    log(f"building TensorRT {trt.__version__} engine (batch 1..{max_batch}, {height}x{width}); this takes minutes")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT messages above)")
@@ -124,9 +128,26 @@ def build_engine(
         os.replace(partial, timing_cache)
 
 
-def load_timing_cache(config: Any, path: Path | None, log: Callable[[str], None]) -> Any:
+def use_timing_cache(config: Any, path: Path | None) -> None:
+    """Give the builder ``config`` the timing cache stored at ``path``, or an empty one.
+
+    A cache TensorRT refuses (``set_timing_cache`` returns False with mismatch
+    checks on: it does not match this TensorRT build or GPU) is replaced by an empty
+    one with a warning; the build then rewrites the file. Checks stay on:
+    ignoring a mismatch would make TensorRT use the foreign timings.
+    """
+    if config.set_timing_cache(load_timing_cache(config, path), False):
+        return
+    if path is None:
+        raise RuntimeError("TensorRT refused an empty timing cache")
+    logger.warning("timing cache %s does not match this TensorRT build or GPU (TensorRT refused it); "
+                   "starting an empty one, which this build writes in its place", path)
+    use_timing_cache(config, None)
+
+
+def load_timing_cache(config: Any, path: Path | None) -> Any:
     """The timing cache stored at ``path``, or an empty one where there is none or it cannot be read
-    (then the bad file is removed with a message, and the build starts afresh)."""
+    (then the bad file is removed with a warning, and the build starts afresh)."""
     if path is not None and path.is_file():
         try:
             cache = config.create_timing_cache(path.read_bytes())
@@ -136,7 +157,7 @@ def load_timing_cache(config: Any, path: Path | None, log: Callable[[str], None]
             reason = "TensorRT could not read it"
         if cache is not None:
             return cache
-        log(f"timing cache {path} is damaged ({reason}); removed, starting a new one")
+        logger.warning("timing cache %s is damaged (%s); removed, starting a new one", path, reason)
         path.unlink(missing_ok=True)
     return config.create_timing_cache(b"")
 
@@ -157,7 +178,6 @@ def cached_engine(
     cache_dir: str | os.PathLike | None = None,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
     device: torch.device | str | None = None,
-    log: Callable[[str], None] = print,
 ) -> tuple[Path, "trt.ICudaEngine"]:
     """Engine file and deserialized engine for this pipeline, built once per key into ``cache_dir``.
 
@@ -171,7 +191,7 @@ def cached_engine(
     height, width = as_resolution(resolution)
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     device_name = gpu_name(device)
-    onnx_path = cached_onnx(pipeline, (height, width), precision=precision, cache_dir=directory, log=log)
+    onnx_path = cached_onnx(pipeline, (height, width), precision=precision, cache_dir=directory)
     key = engine_key(
         pipeline, (height, width), precision=precision, max_batch=max_batch, opt_batch=opt,
         tensorrt_version=trt.__version__, device_name=device_name,
@@ -181,15 +201,17 @@ def cached_engine(
     def build(tmp: Path) -> None:
         build_engine(
             onnx_path, tmp, height=height, width=width, max_batch=max_batch, opt_batch=opt,
-            workspace_bytes=workspace_bytes, timing_cache=timing_cache, log=log,
+            workspace_bytes=workspace_bytes, timing_cache=timing_cache,
         )
 
-    path = cached_artifact(directory, key, ".plan", build, log)
+    action = (f"building a TensorRT {trt.__version__} engine for {key.backbone} {height}x{width} {precision}, "
+              f"batch 1..{max_batch} (takes minutes)")
+    path = cached_artifact(directory, key, ".plan", build, action)
     engine = deserialize(path)
     if engine is None:
-        log(f"rebuilding {path.name}: TensorRT {trt.__version__} could not deserialize it")
+        logger.warning("rebuilding %s: TensorRT %s could not deserialize it", path.name, trt.__version__)
         path.unlink()
-        path = cached_artifact(directory, key, ".plan", build, log)
+        path = cached_artifact(directory, key, ".plan", build, action)
         engine = deserialize(path)
         if engine is None:
             raise RuntimeError(f"TensorRT cannot deserialize the engine it just built ({path})")

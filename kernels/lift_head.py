@@ -11,13 +11,12 @@ of NHWC memory (``torch.channels_last``), which is what the next LiFT step
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from lift_rt.kernels.conv2d import conv2d_nhwc
 from lift_rt.kernels.fold import FoldedConv, FoldedLiFT
 from lift_rt.kernels.runtime import check_tensor
 from lift_rt.kernels.up_conv import up_conv
-from lift_rt.model import tokens_to_grid, upsample_iteratively
+from lift_rt.model import scale_adapter, tokens_to_grid, upsample_iteratively
 
 
 def _nhwc(t: torch.Tensor) -> torch.Tensor:
@@ -53,10 +52,7 @@ class TritonLiFT:
         x = _nhwc(image)
         for conv in self.folded.image:
             x = _run(x, conv)
-        if self.patch_size != 8:  # the scale adapter (max pooling), as in lift_rt.model.LiFT.scale_adapter
-            nchw = x.permute(0, 3, 1, 2)
-            pooled = F.max_pool2d(nchw, 2) if self.patch_size == 16 else F.adaptive_max_pool2d(nchw, (2 * grid[0], 2 * grid[1]))
-            x = _nhwc(pooled).contiguous()
+        x = _nhwc(scale_adapter(x.permute(0, 3, 1, 2), self.patch_size, grid)).contiguous()
         if x.shape[1:3] != (2 * grid[0], 2 * grid[1]):
             raise ValueError(f"image branch gives a {tuple(x.shape[1:3])} grid, the features need {(2 * grid[0], 2 * grid[1])}")
         img2 = x

@@ -3,7 +3,7 @@
 :class:`ImageFolder` reads every image under a directory tree (recursive, like
 torchvision's ImageFolder but without the class sub-folder requirement),
 squashes each to ``size x size`` (no crop, no flip: the LiFT recipe) and
-optionally applies colour jitter that is a pure function of
+optionally applies the authors' colour jitter (torchvision's ColorJitter) as a pure function of
 ``(seed, epoch, index)``, so a run is reproducible whatever the number of
 loader workers and a resumed run sees exactly the data it would have seen.
 
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import ColorJitter
 
 from lift_rt.arguments import check_writable
 from lift_rt.cli import positive_int
@@ -104,27 +105,28 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     return resized[0].clamp_(0.0, 1.0)
 
 
+AUTHORS_JITTER = 0.2  # the authors' train_lift.py: ColorJitter(0.2, 0.2, 0.2, hue=0.2), on unless --augment is off on ImageNet
+
+
 def check_jitter(strength: float, name: str = "colour jitter") -> None:
-    """Raise ValueError unless ``strength`` lies in [0, 1) (0: no jitter)."""
-    if not 0.0 <= strength < 1.0:
-        raise ValueError(f"{name} must lie in [0, 1), got {strength}")
+    """Raise ValueError unless ``strength`` lies in [0, 0.5] (0: no jitter; a hue shift beyond half a turn is meaningless)."""
+    if not 0.0 <= strength <= 0.5:
+        raise ValueError(f"{name} must lie in [0, 0.5], got {strength}")
 
 
 def color_jitter(image: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast and saturation jitter of ``3 x H x W`` in [0, 1].
+    """torchvision's ``ColorJitter(brightness=s, contrast=s, saturation=s, hue=s)`` on ``3 x H x W`` in [0, 1].
 
-    Each factor is drawn uniformly from ``[1 - strength, 1 + strength]`` (as
-    torchvision's ColorJitter for those three; hue is left alone), applied in
-    that fixed order.
+    As the authors' training: the four adjustments in a random order, the factors
+    uniform in ``[1 - s, 1 + s]`` and the hue shift in ``[-s, s]`` turns. The draws
+    come from ``generator`` (torchvision draws from the global generator, which
+    is left untouched here). The authors jitter the 8-bit image before converting
+    it, this jitters the float image: the same operations up to 8-bit rounding.
     """
-    factors = 1.0 + strength * (2.0 * torch.rand(3, generator=generator) - 1.0)
-    brightness, contrast, saturation = factors.tolist()
-    image = image * brightness
-    gray = image.mul(torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
-    image = (image - gray.mean()) * contrast + gray.mean()
-    gray = image.mul(torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
-    image = (image - gray) * saturation + gray
-    return image.clamp_(0.0, 1.0)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ColorJitter(brightness=strength, contrast=strength, saturation=strength, hue=strength)(image)
 
 
 class NoReadableImagesError(ValueError):
@@ -140,7 +142,8 @@ class ImageFolder(torch.utils.data.Dataset):
     Args:
         root: folder tree of images (any depth; non-image files are ignored).
         size: output side in pixels (images are squashed, aspect ratio not kept).
-        jitter: colour-jitter strength (0 disables it; the paper's optional value is 0.2).
+        jitter: colour-jitter strength, see :func:`color_jitter` (0, the default here, disables it; the
+            authors trained with :data:`AUTHORS_JITTER`).
         seed: seeds the jitter, together with the epoch (:meth:`set_epoch`) and the index.
     """
 

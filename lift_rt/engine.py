@@ -9,19 +9,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from lift_rt.backbones import build_backbone, check_resolution, get_spec, seeded
+from lift_rt.backbones import BackboneSpec, build_backbone, check_resolution, get_spec, seeded
 from lift_rt.backends import build_backend
 from lift_rt.checkpoint import load_lift, trained_backbone
 from lift_rt.devices import engine_device
-from lift_rt.model import LiFT
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.preprocess import precision_dtype, to_image_tensor
+from lift_rt.upsamplers import UPSAMPLERS, build_upsampler
+
+
+# What build_pipeline can put after the backbone: an upsampler of lift_rt.upsamplers, or "none" (its own features).
+PIPELINE_UPSAMPLERS: tuple[str, ...] = (*UPSAMPLERS, "none")
 
 
 def build_pipeline(
     backbone: str,
     lift: str | os.PathLike | nn.Module | None = None,
     *,
+    upsampler: str = "lift",
+    rc: str | os.PathLike | None = None,
     iterations: int = 1,
     facet: str | None = None,
     layer: int | None = None,
@@ -31,37 +37,64 @@ def build_pipeline(
 ) -> LiftPipeline:
     """The reference pipeline with weights resolved; random weights only when ``random_init``.
 
+    ``upsampler``: "lift" (default: the LiFT ``lift``, else a random one with ``random_init``),
+    "none" (the backbone's own features), or a baseline of :mod:`lift_rt.upsamplers`: "bilinear",
+    "nearest", "jbu" (no weights) or "rc" (the trained resize-conv ``rc`` from
+    ``python -m lift_rt.train --upsampler rc``, else its identity initialisation: nearest;
+    other upsamplers ignore ``rc``).
     Random weights are drawn from ``seed`` (default: the seed a LiFT checkpoint's random
     backbone was trained with, else 0), so equal arguments give equal pipelines. A LiFT
     checkpoint from ``python -m lift_rt.train`` also sets the default ``layer``
-    (:func:`lift_rt.checkpoint.trained_backbone`).
+    (:func:`lift_rt.checkpoint.trained_backbone`), for every ``upsampler``: a baseline compared
+    with that LiFT sees the features it was trained on.
     """
     spec = get_spec(backbone)
+    if upsampler not in PIPELINE_UPSAMPLERS:
+        raise ValueError(f"unknown upsampler {upsampler!r}; choose one of {', '.join(PIPELINE_UPSAMPLERS)}")
     if lift is not None and not isinstance(lift, (str, os.PathLike, nn.Module)):
         raise TypeError(f"lift must be a checkpoint path or an nn.Module, not {type(lift).__name__}")
     if isinstance(lift, nn.Module) and not isinstance(getattr(lift, "dim", None), int):
         raise TypeError(f"lift must be a lift_rt.LiFT or an upsampler of lift_rt.build_upsampler (a module with a "
                         f"feature width 'dim' that takes (image, feats)), not {type(lift).__name__}")
+    if isinstance(lift, nn.Module) and upsampler != "lift":
+        raise ValueError(f"lift is a module: it is the upsampler, so upsampler must be 'lift', not {upsampler!r}")
     random_backbone = random_init and backbone_weights is None
     layer, seed = trained_backbone(lift, layer=layer, random_backbone=random_backbone, seed=seed)
-    if isinstance(lift, nn.Module):
-        module = copy.deepcopy(lift)  # backends cast and move it; the caller's module stays as it was
-    elif lift is not None:
-        module = load_lift(lift, backbone=spec.name, facet=facet)
-    elif random_init:
-        with seeded(seed):
-            module = LiFT(dim=spec.dim, patch_size=spec.patch_size)
-    else:
+    module = _upsampler_module(spec, upsampler, lift, rc, facet=facet, random_init=random_init, seed=seed)
+    vit = build_backbone(spec, weights=backbone_weights, random_init=random_backbone, facet=facet, layer=layer, seed=seed)
+    if module is not None and module.dim != spec.dim:
+        raise ValueError(f"LiFT of width {module.dim} does not fit {spec.name} (width {spec.dim})")
+    if getattr(module, "patch_size", spec.patch_size) != spec.patch_size:
+        raise ValueError(f"LiFT for patch size {module.patch_size} does not fit {spec.name} (patch {spec.patch_size})")
+    return LiftPipeline(vit, module.eval() if module is not None else None, iterations=iterations).eval()
+
+
+def _upsampler_module(
+    spec: BackboneSpec, upsampler: str, lift: str | os.PathLike | nn.Module | None, rc: str | os.PathLike | None, *,
+    facet: str | None, random_init: bool, seed: int,
+) -> nn.Module | None:
+    """The module :func:`build_pipeline` puts after the backbone (None for "none")."""
+    if upsampler == "none":
+        return None
+    if upsampler == "lift" and isinstance(lift, nn.Module):
+        return copy.deepcopy(lift)  # backends cast and move it; the caller's module stays as it was
+    if upsampler == "lift" and lift is not None:
+        return load_lift(lift, backbone=spec.name, facet=facet)
+    if upsampler == "lift" and not random_init:
         raise ValueError(
             f"no LiFT weights given for {spec.name}: pass lift=PATH (the authors' "
             f"{spec.lift_file or 'checkpoint'} or a lift_rt .safetensors), or random_init=True for random weights"
         )
-    vit = build_backbone(spec, weights=backbone_weights, random_init=random_backbone, facet=facet, layer=layer, seed=seed)
-    if module.dim != spec.dim:
-        raise ValueError(f"LiFT of width {module.dim} does not fit {spec.name} (width {spec.dim})")
-    if getattr(module, "patch_size", spec.patch_size) != spec.patch_size:
-        raise ValueError(f"LiFT for patch size {module.patch_size} does not fit {spec.name} (patch {spec.patch_size})")
-    return LiftPipeline(vit, module.eval(), iterations=iterations).eval()
+    if upsampler == "rc" and rc is not None:
+        from lift_rt.train.models import load_upsampler  # the training package, only for a trained rc
+
+        module, meta = load_upsampler(rc, backbone=spec.name, facet=facet)
+        if meta.get("upsampler") != "rc":
+            raise ValueError(f"{rc} holds a {meta.get('upsampler', 'lift')!r} upsampler, not a resize-conv "
+                             "(train one with python -m lift_rt.train --upsampler rc)")
+        return module
+    with seeded(seed):
+        return build_upsampler(upsampler, spec.dim, spec.patch_size)
 
 
 class Engine:

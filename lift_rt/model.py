@@ -12,7 +12,9 @@ H/4, onto the 2x feature grid 2H/p):
 * any other p (14 for DINOv2): adaptive max pooling onto the 2x grid. Max
   pooling is the paper's own operator for the one downscaling case it has; the
   adaptive variant reduces to it when the ratio is an integer, so p = 16 and
-  p = 32 behave the same way as the original.
+  p = 32 behave the same way as the original. It is computed by
+  :func:`adaptive_max_pool2d_static` (fixed windows), which ONNX and TensorRT
+  accept where they have no adaptive pooling.
 """
 
 from __future__ import annotations
@@ -89,17 +91,9 @@ class LiFT(nn.Module):
         self.up1 = Up(dim + img_ch, img_ch, dim // 2)
         self.outc = nn.Conv2d(dim // 2, dim, kernel_size=1)
 
-    def scale_adapter(self, img1: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Map the H/4 image branch onto the 2x feature grid ``2h x 2w``."""
-        if self.patch_size == 8:
-            return img1
-        if self.patch_size == 16:
-            return F.max_pool2d(img1, 2)
-        return F.adaptive_max_pool2d(img1, (2 * grid[0], 2 * grid[1]))
-
     def image_features(self, image: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Image branches: (img1 on the 2x grid, img2 on the feature grid)."""
-        img1 = self.scale_adapter(self.image_convs_1(image), grid)
+        img1 = scale_adapter(self.image_convs_1(image), self.patch_size, grid)
         return img1, self.image_convs_2(img1)
 
     def forward(self, image: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
@@ -128,6 +122,46 @@ def upsample_iteratively(upsampler: nn.Module, image: torch.Tensor, feats: torch
     for _ in range(iterations - 1):
         image = F.interpolate(image, scale_factor=2.0, mode="bilinear", align_corners=False)
         out = upsampler(image, out)
+    return out
+
+
+def scale_adapter(img1: torch.Tensor, patch_size: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Map the image branch ``B x 32 x H/4 x W/4`` onto the 2x feature grid ``B x 32 x 2h x 2w`` (module docstring)."""
+    if patch_size == 8:
+        return img1
+    if patch_size == 16:
+        return F.max_pool2d(img1, 2)
+    return adaptive_max_pool2d_static(img1, (2 * grid[0], 2 * grid[1]))
+
+
+def adaptive_max_pool2d_static(x: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+    """``F.adaptive_max_pool2d(x, output_size)`` (bit for bit) as a max over a few fixed gathers per axis.
+
+    ``x``: ``B x C x H x W`` -> ``B x C x h x w``. Output cell ``i`` of an axis of
+    ``n`` inputs and ``m`` outputs covers inputs ``floor(i n / m)`` to
+    ``ceil((i + 1) n / m) - 1``, as in PyTorch; rectangular windows make the
+    2-D max the max over rows of the max over columns. Every index is fixed by
+    the shapes, so exporters write plain Gather and Max nodes (ONNX and
+    TensorRT have no adaptive pooling); the gathers run on ``x``'s device, so
+    CUDA graph capture works.
+    """
+    for dim, size_out in ((-2, output_size[0]), (-1, output_size[1])):
+        x = _adaptive_max_along(x, dim, size_out)
+    return x
+
+
+def _adaptive_max_along(x: torch.Tensor, dim: int, size_out: int) -> torch.Tensor:
+    """Adaptive max pooling of ``x`` along one axis ``dim`` onto ``size_out`` cells."""
+    size_in = x.shape[dim]
+    if size_out <= 0 or size_in <= 0:
+        raise ValueError(f"adaptive max pooling needs positive sizes, got {size_in} -> {size_out}")
+    width = max(-(-(i + 1) * size_in // size_out) - i * size_in // size_out for i in range(size_out))
+    cell = torch.arange(size_out, device=x.device)
+    start = cell * size_in // size_out
+    last = ((cell + 1) * size_in + size_out - 1) // size_out - 1
+    out = x.index_select(dim, start)
+    for offset in range(1, width):  # shorter windows repeat their last input: the max is unchanged
+        out = torch.maximum(out, x.index_select(dim, torch.minimum(start + offset, last)))
     return out
 
 

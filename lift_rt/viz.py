@@ -25,8 +25,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from lift_rt.arguments import check_writable
 from lift_rt.cli import plain_text, positive_int, show_logs
+from lift_rt.engine import build_pipeline
 from lift_rt.errors import first_line
-from lift_rt.eval.pck import letterbox, load_rgb
+from lift_rt.eval.pairs import letterbox, load_rgb
 
 # matplotlib's viridis at 10 evenly spaced stops.
 VIRIDIS = np.array([
@@ -166,7 +167,6 @@ def _join_point(argv: list[str]) -> list[str]:
 
 def similarity_command(args: argparse.Namespace) -> int:
     from lift_rt.backbones import check_resolution, get_spec
-    from lift_rt.eval.pck import build_feature_pipeline
 
     check_writable(args.out, "--out")
     Image.init()
@@ -187,8 +187,8 @@ def similarity_command(args: argparse.Namespace) -> int:
         raise ValueError(f"the LiFT panel needs weights: --lift CKPT (the authors' {spec.lift_file or 'checkpoint'} "
                          "or a lift_rt .safetensors), or --random-init for random ones")
     # The backbone's block and random seed default to the checkpoint's (lift_rt.checkpoint.trained_backbone).
-    pipeline = build_feature_pipeline(
-        args.backbone, "lift", lift=args.lift, random_init=args.random_init, backbone_weights=args.backbone_weights,
+    pipeline = build_pipeline(
+        args.backbone, args.lift, random_init=args.random_init, backbone_weights=args.backbone_weights,
         layer=args.layer, seed=args.seed,
     )
     canvas, box = letterbox(image, args.size)

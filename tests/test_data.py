@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from lift_rt.data import (
-    SAMPLE_SOURCES, ImageFolder, NoReadableImagesError, color_jitter, find_images, folder_identity, identity_difference,
-    load_image, write_sample_images,
+    AUTHORS_JITTER, SAMPLE_SOURCES, ImageFolder, NoReadableImagesError, color_jitter, find_images, folder_identity,
+    identity_difference, load_image, write_sample_images,
 )
 from lift_rt.data import main as data_main
 
@@ -129,6 +129,50 @@ def test_jitter_is_a_function_of_seed_epoch_and_index(tree):
 def test_color_jitter_of_zero_strength_is_identity():
     image = torch.rand(3, 8, 8)
     torch.testing.assert_close(color_jitter(image, 0.0, torch.Generator().manual_seed(0)), image)
+
+
+def hue(image: torch.Tensor) -> float:
+    import colorsys
+
+    return colorsys.rgb_to_hsv(*image.mean((1, 2)).tolist())[0]
+
+
+def test_color_jitter_shifts_hue_within_the_authors_range():
+    # brightness, contrast (towards a grey) and saturation (towards each pixel's grey) keep a mid-range colour's hue;
+    # only the hue jitter turns it, by up to 0.2 of a turn.
+    image = torch.tensor([0.55, 0.45, 0.35]).view(3, 1, 1).expand(3, 4, 4).clone()
+    generator = torch.Generator().manual_seed(0)
+    shifts = [(hue(color_jitter(image, AUTHORS_JITTER, generator)) - hue(image) + 0.5) % 1.0 - 0.5 for _ in range(30)]
+    assert max(abs(s) for s in shifts) > 0.1 and max(abs(s) for s in shifts) <= 0.2 + 1e-3
+    assert min(shifts) < 0 < max(shifts)
+
+
+def test_color_jitter_order_varies_across_draws_and_repeats_with_the_seed(monkeypatch):
+    import torchvision.transforms.transforms as transforms
+
+    calls: list[str] = []
+    for name in ("adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue"):
+        original = getattr(transforms.F, name)
+        monkeypatch.setattr(transforms.F, name, lambda img, factor, _f=original, _n=name: (calls.append(_n), _f(img, factor))[1])
+
+    def orders(seed: int) -> list[tuple[str, ...]]:
+        generator = torch.Generator().manual_seed(seed)
+        image = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0))
+        drawn = []
+        for _ in range(12):
+            calls.clear()
+            color_jitter(image, AUTHORS_JITTER, generator)
+            drawn.append(tuple(calls))
+        return drawn
+
+    first = orders(0)
+    assert all(sorted(order) == sorted(("adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue"))
+               for order in first)
+    assert len(set(first)) > 3  # random order: 12 draws of 24 orders
+    assert orders(0) == first  # ... and a function of the seed
+    state = torch.random.get_rng_state()
+    orders(1)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is left alone
 
 
 def test_sample_images_split_by_source_photo(tmp_path):

@@ -221,3 +221,30 @@ def test_settings_that_contradict_the_checkpoint_are_refused(tmp_path, metadata,
 
     with pytest.raises(ValueError, match=message):
         build_pipeline("dino_s16", trained_checkpoint(tmp_path, **metadata), **kwargs)
+
+
+def test_build_pipeline_takes_any_upsampler(tmp_path):
+    from lift_rt.backbones import get_spec
+    from lift_rt.engine import PIPELINE_UPSAMPLERS, _upsampler_module, build_pipeline
+    from lift_rt.upsamplers import UPSAMPLERS
+
+    assert PIPELINE_UPSAMPLERS == (*UPSAMPLERS, "none")
+    for name in ("bilinear", "nearest", "rc", "jbu"):  # the module alone: building a backbone per name is slow
+        module = _upsampler_module(get_spec("dino_s16"), name, None, None, facet=None, random_init=False, seed=0)
+        assert isinstance(module, UPSAMPLERS[name])
+    path = trained_checkpoint(tmp_path, layer="0", random_init="1", backbone_seed="3")
+    pipeline = build_pipeline("dino_s16", path, random_init=True, upsampler="rc")
+    assert isinstance(pipeline.lift, UPSAMPLERS["rc"]) and pipeline.backbone.layer == 0  # the LiFT's backbone
+    assert pipeline(torch.rand(1, 3, 32, 32)).shape == (1, 384, 4, 4)
+    assert _upsampler_module(get_spec("dino_s16"), "none", None, None, facet=None, random_init=False, seed=0) is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"upsampler": "bicubic"}, "unknown upsampler 'bicubic'"),
+    ({"lift": LiFT(384, 16), "upsampler": "none"}, "upsampler must be 'lift'"),
+])
+def test_build_pipeline_refuses_mismatched_upsampler_arguments(kwargs, message):
+    from lift_rt.engine import build_pipeline
+
+    with pytest.raises(ValueError, match=message):
+        build_pipeline("dino_s16", random_init=True, layer=0, **kwargs)

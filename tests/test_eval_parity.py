@@ -11,8 +11,9 @@ import torch
 
 from lift_rt.backbones import BACKBONES, BackboneSpec
 from lift_rt.backends import BACKENDS, BackendUnavailable, unavailable_reason
-from lift_rt.eval.pck import parity, random_weight_files
+from lift_rt.eval.parity import parity
 from lift_rt.eval.synthetic import PHOTOS, synthetic_pairs
+from weight_files import random_weight_files
 
 # PCK points; 960 keypoints, so one keypoint that flips to another match moves PCK ~0.1. fp32 backends agree
 # to ~1e-6 and may flip one near-tie. Half precision perturbs features by ~0.5 % (bf16) and the random

@@ -1,30 +1,83 @@
-"""PCK arithmetic on hand-computed cases, the protocol's geometry, matching, and the CLI."""
+"""PCK arithmetic on hand-computed cases, the protocols' geometry, matching, and the CLI."""
+
+import json
 
 import numpy as np
 import pytest
 import torch
 
 from lift_rt.eval.__main__ import main as eval_main
-from lift_rt.eval.pck import (
-    KeypointPair,
-    PairResult,
-    evaluate_pairs,
-    format_table,
-    get_matcher,
-    letterbox,
-    match_keypoints,
-    pck,
-)
+from lift_rt.eval.pairs import KeypointPair, letterbox, pixel_index
+from lift_rt.eval.pck import PairResult, pck
+from lift_rt.eval.transfer import evaluate_pairs, get_matcher, match_keypoints
+
+CLI = ["pck", "--backbone", "dino_s16", "--random-init", "--matcher", "torch"]
 
 
-def test_letterbox_scales_and_centres():
+@pytest.mark.parametrize("protocol", ["authors", "exact"])
+def test_letterbox_scales_and_centres(protocol):
     image = np.full((100, 200, 3), 255, dtype=np.uint8)
     canvas, box = letterbox(image, 64)
     assert canvas.shape == (64, 64, 3)
-    assert (box.scale_x, box.scale_y, box.offset_x, box.offset_y) == (0.32, 0.32, 0, 16)
+    assert (box.scale, box.scale_x, box.scale_y, box.offset_x, box.offset_y) == (0.32, 0.32, 0.32, 0, 16)
     assert canvas[:16].max() == 0 and canvas[48:].max() == 0 and canvas[16:48].min() > 200
-    np.testing.assert_allclose(box.points(np.array([[0.0, 0.0], [200.0, 100.0], [50.0, 25.0]])), [[0, 16], [64, 48], [16, 24]])
-    assert box.box_length((10, 20, 60, 40)) == pytest.approx(50 * 0.32)
+    points = box.points(np.array([[0.0, 0.0], [200.0, 100.0], [50.0, 25.0]]), protocol)
+    np.testing.assert_allclose(points, [[0, 16], [64, 48], [16, 24]], rtol=1e-6)
+    assert box.box_length((10, 20, 60, 40), protocol) == pytest.approx(50 * 0.32)
+
+
+# A 100 x 30 image on a 64 canvas: scale 64/100 = 0.64 for both axes (authors); resized to 64 x 19
+# (30 * 0.64 = 19.2 rounds to 19), so the actual y ratio is 19/30 = 0.6333 (exact); offset_y (64-19)//2 = 22.
+WIDE = np.zeros((30, 100, 3), np.uint8)
+WIDE_KPS = np.array([[17.0, 11.0], [40.0, 18.0]])
+WIDE_BOX = (40.0, 0.0, 50.0, 30.0)  # 10 wide, 30 high
+
+
+def test_protocols_by_hand_on_a_non_square_image():
+    _, box = letterbox(WIDE, 64)
+    assert (box.scale, box.scale_x, box.scale_y, box.offset_x, box.offset_y) == (0.64, 0.64, 19 / 30, 0, 22)
+    authors, exact = box.points(WIDE_KPS, "authors"), box.points(WIDE_KPS, "exact")
+    # authors: x 17 * 0.64 = 10.88, 40 * 0.64 = 25.6; y 11 * 0.64 + 22 = 29.04, 18 * 0.64 + 22 = 33.52
+    np.testing.assert_allclose(authors, [[10.88, 29.04], [25.6, 33.52]], atol=1e-5)
+    # exact: x as above; y 11 * 19/30 + 22 = 28.9667, 18 * 19/30 + 22 = 33.4
+    np.testing.assert_allclose(exact, [[10.88, 28.9 + 0.2 / 3], [25.6, 33.4]], atol=1e-9)
+    # Feature pixels: authors floor (10, 29), (25, 33); exact rounds (11, 29), (26, 33). The floor of the
+    # exact coordinates would give y 28 for the first point, rounding the authors' y 34 for the second:
+    # both conventions are needed to pick the authors' pixels.
+    assert pixel_index(authors, 64, "authors").tolist() == [[10, 29], [25, 33]]
+    assert pixel_index(exact, 64, "exact").tolist() == [[11, 29], [26, 33]]
+    assert pixel_index(exact, 64, "authors").tolist() == [[10, 28], [25, 33]]
+    assert pixel_index(authors, 64, "exact").tolist() == [[11, 29], [26, 34]]
+    # Threshold length, max side of the box: authors 30 * 0.64 = 19.2; exact max(10 * 0.64, 30 * 19/30) = 19.
+    assert box.box_length(WIDE_BOX, "authors") == pytest.approx(19.2)
+    assert box.box_length(WIDE_BOX, "exact") == pytest.approx(19.0)
+    assert pixel_index(np.array([[-0.4, 63.7]]), 64, "authors").tolist() == [[0, 63]]  # clamped into the canvas
+    with pytest.raises(ValueError, match="unknown protocol"):
+        box.points(WIDE_KPS, "paper")
+
+
+def test_authors_coordinates_are_float32_as_their_script():
+    # x = 45 on an 80-wide image at S = 112: 45 * 1.4 is 62.99999999999999 in float64 but 63.0 in float32 (the
+    # authors' torch float32 keypoints): their feature pixel is 63.
+    _, box = letterbox(np.zeros((40, 80, 3), np.uint8), 112)
+    assert 45 * box.scale < 63
+    assert pixel_index(box.points(np.array([[45.0, 0.0]]), "authors"), 112, "authors")[0, 0] == 63
+
+
+@pytest.mark.parametrize("protocol,errors,pck_001", [
+    # identity features: each source keypoint lands on its own feature pixel; the error is that pixel's distance
+    # from the target keypoint. authors: (10, 29) vs (10.88, 29.04) and (25, 33) vs (25.6, 33.52);
+    # exact: (11, 29) vs (10.88, 28.9667) and (26, 33) vs (25.6, 33.4).
+    ("authors", [np.hypot(0.88, 0.04), np.hypot(0.6, 0.52)], 0.0),  # 0.01 * 19.2 = 0.192 < both errors
+    ("exact", [np.hypot(0.12, 0.1 / 3), np.hypot(0.4, 0.4)], 50.0),  # 0.01 * 19 = 0.19: the first is correct
+])
+def test_protocols_end_to_end_by_hand(protocol, errors, pck_001):
+    pair = KeypointPair("wide", WIDE, WIDE, WIDE_KPS, WIDE_KPS, WIDE_BOX, WIDE_BOX)
+    fixed = torch.randn(1, 32, 64, 64, generator=torch.Generator().manual_seed(0))  # one distinct descriptor per pixel
+    results = evaluate_pairs([pair], lambda images: fixed.expand(len(images), -1, -1, -1), 64, protocol=protocol,
+                             matcher="torch")
+    np.testing.assert_allclose(results[0].errors, errors, atol=1e-5)
+    assert pck(results, alphas=(0.01,)) == {0.01: pck_001}
 
 
 def hand_results(accepted_first=(True, True, True)):
@@ -86,12 +139,13 @@ def shifted_features(size=16, dx=3, dy=-2, channels=64):
     return src, torch.roll(src, shifts=(dy, dx), dims=(1, 2))
 
 
+@pytest.mark.parametrize("protocol,pixels", [("authors", [[4, 5], [10, 12], [7, 3]]), ("exact", [[4, 5], [10, 12], [7, 4]])])
 @pytest.mark.parametrize("matcher", ["torch", "cpp"])
-def test_match_keypoints_follows_a_shift(matcher):
+def test_match_keypoints_follows_a_shift(matcher, protocol, pixels):
     src, trg = shifted_features()
     points = np.array([[4.0, 5.0], [10.0, 12.0], [7.2, 3.9]])
-    pred, accepted = match_keypoints(src, trg, points, 16, mutual=True, matcher=get_matcher(matcher))
-    np.testing.assert_array_equal(pred, np.rint(points) + [3, -2])
+    pred, accepted = match_keypoints(src, trg, points, 16, protocol=protocol, mutual=True, matcher=get_matcher(matcher))
+    np.testing.assert_array_equal(pred, np.array(pixels) + [3, -2])
     assert accepted.all()
 
 
@@ -112,14 +166,16 @@ def test_soft_argmax_interpolates_between_equal_peaks():
     np.testing.assert_array_equal(pred, [[6, 5]])
 
 
-def test_evaluate_pairs_identity_is_perfect_and_random_is_not():
+@pytest.mark.parametrize("protocol,max_error", [("authors", 2**0.5), ("exact", 0.5**0.5)])
+def test_evaluate_pairs_identity_is_perfect_and_random_is_not(protocol, max_error):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
     kps = rng.uniform([0, 0], [59, 39], size=(10, 2))
     pair = KeypointPair("x", image, image, kps, kps, (0, 0, 59, 39), (0, 0, 59, 39))
     fixed = torch.randn(1, 32, 64, 64)  # at full resolution: the argmax is the keypoint's own pixel
-    same = evaluate_pairs([pair] * 3, lambda images: fixed.expand(len(images), -1, -1, -1), 64, matcher="torch", batch_pairs=2)
-    assert len(same) == 3 and all(r.errors.max() <= 0.5**0.5 for r in same)  # only the rounding to a pixel
+    same = evaluate_pairs([pair] * 3, lambda images: fixed.expand(len(images), -1, -1, -1), 64, protocol=protocol,
+                          matcher="torch", batch_pairs=2)
+    assert len(same) == 3 and all(r.errors.max() < max_error for r in same)  # only the floor / rounding to a pixel
     assert pck(same, alphas=(0.1, 0.05)) == {0.1: 100.0, 0.05: 100.0}
     noise = evaluate_pairs([pair] * 3, lambda images: torch.randn(len(images), 32, 8, 8), 64, matcher="torch")
     assert pck(noise)[0.01] < 100.0
@@ -127,26 +183,66 @@ def test_evaluate_pairs_identity_is_perfect_and_random_is_not():
         evaluate_pairs([pair], lambda images: torch.randn(1, 32, 8, 8), 64)
 
 
-def test_format_table_layout():
-    rows = {"none": {56: {0.1: 10.0, 0.05: 5.0}, 112: {0.1: 20.0, 0.05: 7.5}}, "lift": {56: {0.1: 30.0, 0.05: 15.0}, 112: {0.1: 40.0, 0.05: 25.0}}}
-    lines = format_table(rows, [56, 112]).splitlines()
-    assert "PCK@0.1" in lines[0] and "PCK@0.05" in lines[0]
-    assert lines[1].replace("|", " ").split() == ["upsampler", "56", "112", "56", "112"]
-    assert lines[3].replace("|", " ").split() == ["none", "10.0", "20.0", "5.0", "7.5"]
-    assert lines[4].replace("|", " ").split() == ["lift", "30.0", "40.0", "15.0", "25.0"]
-
-
-def test_cli_prints_table_1_layout(capsys):
-    code = eval_main([
-        "pck", "--backbone", "dino_s16", "--random-init", "--upsampler", "none,bilinear",
-        "--resolutions", "32,64", "--dataset", "synthetic", "--pairs", "1", "--matcher", "torch",
-    ])
-    out = capsys.readouterr().out
+def test_cli_prints_table_1_layout_and_writes_every_score_as_json(capsys, tmp_path):
+    out_json = tmp_path / "new" / "pck.json"
+    code = eval_main([*CLI, "--upsampler", "none,bilinear", "--resolutions", "32,64", "--dataset", "synthetic",
+                      "--pairs", "1", "--json", str(out_json)])
+    out, err = capsys.readouterr()
     assert code == 0
-    assert "5 pairs, 5 categories" in out and "random init" in out
-    rows = [line.replace("|", " ").split() for line in out.splitlines()]
+    assert all(f"{row} {size}px" in err for row in ("none", "bilinear") for size in (32, 64))  # a progress bar each
+    assert "5 pairs, 5 categories" in out and "random init" in out and "authors protocol" in out
+    lines = out.splitlines()
+    assert lines[1].split("|")[1].strip() == "PCK@0.1" and lines[1].split("|")[2].strip() == "PCK@0.05"
+    assert lines[2].replace("|", " ").split() == ["upsampler", "32", "64", "32", "64"]
+    rows = [line.replace("|", " ").split() for line in lines]
     by_name = {row[0]: [float(v) for v in row[1:]] for row in rows if row and row[0] in ("none", "bilinear")}
     assert set(by_name) == {"none", "bilinear"} and all(len(v) == 4 and all(0 <= x <= 100 for x in v) for v in by_name.values())
+    data = json.loads(out_json.read_text())
+    assert data["settings"] | {"device": "cpu"} == {
+        "protocol": "authors", "pairs": 1, "pairs_evaluated": 5, "categories": 5, "seed": 0, "dataset": "synthetic",
+        "split": "test", "backbone": "dino_s16", "weights": "random init", "lift": None, "rc": None,
+        "backbone_weights": None, "iterations": 1, "backend": "torch", "precision": "fp32", "device": "cpu",
+        "matcher": "torch", "average": "category", "mutual": False, "soft_argmax": None, "window": None,
+    }
+    scores = data["scores"]
+    assert set(scores) == {"none", "bilinear"}
+    for name, values in by_name.items():  # every alpha and resolution; the table shows 0.1 and 0.05, rounded
+        assert set(scores[name]) == {"PCK@0.1", "PCK@0.05", "PCK@0.01"}
+        assert all(set(by_size) == {"32", "64"} for by_size in scores[name].values())
+        table = [scores[name][m][r] for m in ("PCK@0.1", "PCK@0.05") for r in ("32", "64")]
+        np.testing.assert_allclose(table, values, atol=0.05 + 1e-9)
+
+
+def test_cli_exact_protocol_scores_differently(capsys, tmp_path):
+    argv = [*CLI, "--upsampler", "bilinear", "--resolutions", "32", "--pairs", "2"]
+    scores = {}
+    for protocol in ("authors", "exact"):
+        assert eval_main([*argv, "--protocol", protocol, "--json", str(tmp_path / f"{protocol}.json")]) == 0
+        scores[protocol] = json.loads((tmp_path / f"{protocol}.json").read_text())["scores"]["bilinear"]
+    assert "exact protocol" in capsys.readouterr().out
+    assert scores["authors"] != scores["exact"]
+
+
+def test_cli_unwritable_json_fails_before_any_work(tmp_path, monkeypatch, cli_error):
+    import lift_rt.eval.pck_cli as pck_cli
+
+    def fail(*args, **kwargs):
+        raise AssertionError("loaded pairs before checking --json")
+
+    monkeypatch.setattr(pck_cli, "load_dataset", fail)
+    (tmp_path / "file").write_text("")
+    err = cli_error(eval_main, [*CLI, "--resolutions", "32", "--json", str(tmp_path / "file" / "x.json")])
+    assert "--json" in err and "is not a folder" in err
+    assert "--json" in cli_error(eval_main, [*CLI, "--resolutions", "32", "--json", str(tmp_path)])
+
+
+def test_help_explains_protocols_and_pairs(capsys):
+    with pytest.raises(SystemExit):
+        eval_main(["pck", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "authors: both axes scaled by S / max(w, h)" in text and "floor" in text
+    assert "exact: each axis scaled by its actual resize ratio" in text and "rounded" in text
+    assert "'all': every pair of the split once" in text and "os.listdir" in text and "``" not in text
 
 
 def test_cli_rc_row_is_labelled_untrained_or_loads_a_trained_one(capsys, tmp_path):
@@ -186,7 +282,7 @@ def test_cli_lift_without_weights_is_an_error(capsys):
     (["--dataset", "foo"], "unknown dataset 'foo'"),
     (["--dataset", "spair:/nonexistent"], "does not look like SPair-71k"),
     (["--backend", "tvm"], "unknown backend 'tvm'"),
-    (["--pairs", "0"], "--pairs must be at least 1"),
+    (["--pairs", "all"], "--pairs all needs a dataset with a fixed set of pairs"),
     (["--device", "meta"], "an Engine runs on cpu, cuda or cuda:N"),
     (["--upsampler", ""], "--upsampler names no upsampler"),
     (["--upsampler", ","], "--upsampler names no upsampler"),
@@ -204,6 +300,9 @@ def test_cli_bad_arguments_give_a_message(capsys, args, message):
     (["--soft-argmax", "-1"], "argument --soft-argmax: must be a positive number"),
     (["--soft-argmax", "nan"], "argument --soft-argmax: must be a positive number"),
     (["--window", "-1"], "argument --window: must be an integer >= 0, got -1"),
+    (["--pairs", "0"], "argument --pairs: must be a positive integer or 'all', got 0"),
+    (["--pairs", "some"], "argument --pairs: expected a positive integer or 'all', got 'some'"),
+    (["--protocol", "paper"], "argument --protocol: invalid choice: 'paper'"),
 ])
 def test_cli_soft_argmax_settings_name_their_flag(cli_error, args, message):
     err = cli_error(eval_main, ["pck", "--backbone", "dino_s16", "--random-init", "--resolutions", "32", *args])

@@ -8,6 +8,7 @@ from PIL import Image
 
 from lift_rt.eval.__main__ import main as eval_main
 from lift_rt.eval.spair import load_spair, sample_per_category
+from lift_rt.eval.transfer import evaluate_pairs
 
 IMAGES = {"cat": ["2008_000001", "2008_000002"], "dog": ["2009_000010", "2009_000011"]}
 
@@ -89,3 +90,43 @@ def test_cli_on_tiny_spair(spair_root, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "4 pairs, 2 categories" in out and "point average" in out
     assert any(line.startswith("bilinear") for line in out.splitlines())
+
+
+def test_authors_underscore_file_names_are_read_too(tmp_path):
+    root = write_tiny_spair(tmp_path / "SPair-71k")
+    released = root / "PairAnnotation" / "test" / "000001-2009_000010-2009_000011:dog.json"
+    released.rename(released.with_name("000001-2009_000010-2009_000011_dog.json"))
+    pairs = load_spair(root, "test")
+    assert sorted(p.name for p in pairs) == ["000000-2008_000001-2008_000002:cat", "000001-2009_000010-2009_000011_dog",
+                                             "000002-2008_000001-2008_000002:cat"]
+    assert [p.category for p in pairs if p.name.endswith("_dog")] == ["dog"]
+
+
+def test_cli_pairs_all_visits_every_pair_once(spair_root, capsys, monkeypatch, tmp_path):
+    import lift_rt.eval.pck_cli as pck_cli
+
+    visits = []
+
+    def recording(pairs, *args, **kwargs):
+        visits.append([p.name for p in pairs])
+        return evaluate_pairs(pairs, *args, **kwargs)
+
+    monkeypatch.setattr(pck_cli, "evaluate_pairs", recording)
+    out_json = tmp_path / "pck.json"
+    code = eval_main(["pck", "--backbone", "dino_s16", "--random-init", "--upsampler", "none,bilinear", "--resolutions",
+                      "32,64", "--dataset", f"spair:{spair_root}", "--pairs", "all", "--matcher", "torch",
+                      "--json", str(out_json)])
+    assert code == 0 and "3 pairs, 2 categories" in capsys.readouterr().out
+    files = sorted(path.stem for path in (spair_root / "PairAnnotation" / "test").glob("*.json"))
+    assert len(visits) == 4 and all(sorted(names) == files for names in visits)  # each (upsampler, size): each pair once
+    settings = json.loads(out_json.read_text())["settings"]
+    assert (settings["pairs"], settings["pairs_evaluated"], settings["dataset"]) == ("all", 3, f"spair:{spair_root}")
+
+
+def test_pair_draw_is_the_documented_one(spair_root):
+    # numpy default_rng(seed), categories in sorted order: the draw for cat comes first, then dog's.
+    pairs = load_spair(spair_root, "test")
+    rng = np.random.default_rng(7)
+    cats, dogs = [p for p in pairs if p.category == "cat"], [p for p in pairs if p.category == "dog"]
+    expected = [cats[i].name for i in rng.choice(2, size=3, replace=True)] + [dogs[i].name for i in rng.choice(1, size=3)]
+    assert [p.name for p in sample_per_category(pairs, 3, seed=7)] == expected

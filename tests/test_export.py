@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import types
@@ -11,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lift_rt.backbones import build_backbone
+from lift_rt.backbones import BACKBONES, build_backbone
 from lift_rt.engine import build_pipeline
 from lift_rt.model import LiFT
 from lift_rt.export import cache as cache_mod
-from lift_rt.export import trt_engine
+from lift_rt.export import onnx_export, trt_engine
 from lift_rt.export.__main__ import build_parser, main
 from lift_rt.export.cache import ArtifactKey, cached_artifact, invalid_reason, sidecar, weights_hash
 from lift_rt.export.onnx_export import OPSET, cached_onnx, check_onnx, export_onnx, validate_onnx
@@ -61,6 +62,16 @@ def test_fp32_graph_matches_pytorch(pipelines, onnx_cache, backbone, resolution)
     graph = onnx.load(str(path), load_external_data=False).graph
     batch_dim = graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.dim_value, "batch must be dynamic"
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_every_backbone_exports_and_matches_pytorch(onnx_cache, backbone):
+    # One block and a 2 x 2 patch grid: the smallest graph that still has the backbone's own parts
+    # (positional embedding, norm, facet) and, for patch 14, the fixed-window pooling (7 -> 4 cells).
+    pipeline = seeded_pipeline(backbone, layer=0)
+    size = 2 * BACKBONES[backbone].patch_size
+    parity = check_onnx(cached_onnx(pipeline, size, cache_dir=onnx_cache), pipeline, batch=3, seed=1)
+    assert parity.ok and parity.rel <= 1e-5, parity
 
 
 def test_batch_one_runs(pipelines, onnx_cache):
@@ -122,6 +133,13 @@ def test_export_rejects_bad_resolution(pipelines, tmp_path):
 
 # --- cache -----------------------------------------------------------------------------------------
 
+@pytest.fixture
+def log_lines(caplog):
+    """``log_lines()``: the messages lift_rt's loggers wrote so far in this test (INFO and above)."""
+    caplog.set_level(logging.INFO, logger="lift_rt")
+    return lambda: [record.getMessage() for record in caplog.records]
+
+
 def make_key(**changes) -> ArtifactKey:
     fields = dict(backbone="dino_s8", facet="key", layer=11, iterations=1, weights="0" * 16, height=224, width=224,
                   precision="fp16", runtime="tensorrt-10.13", max_batch=32, opt_batch=8, device="H100-sm90")
@@ -156,16 +174,26 @@ def counting_builder(payload: bytes = b"engine-bytes"):
     return build, calls
 
 
-def test_cache_builds_once_then_reuses(tmp_path):
+def test_cache_builds_once_then_reuses(tmp_path, log_lines):
     build, calls = counting_builder()
     key = make_key()
-    messages: list[str] = []
-    first = cached_artifact(tmp_path, key, ".plan", build, messages.append)
-    second = cached_artifact(tmp_path, key, ".plan", build, messages.append)
+    first = cached_artifact(tmp_path, key, ".plan", build, "building a test plan")
+    assert log_lines()[0] == "building a test plan" and log_lines()[1].startswith(f"wrote {first} (0.0 MiB, ")
+    second = cached_artifact(tmp_path, key, ".plan", build, "building a test plan")
     assert first == second and len(calls) == 1
     assert first.read_bytes() == b"engine-bytes"
     assert json.loads(sidecar(first).read_text())["key"] == key.as_dict()
-    assert any("using cached" in m for m in messages)
+    assert log_lines()[2:] == [f"using cached {first}"]
+
+
+def test_cached_onnx_announces_an_export_and_a_reuse(monkeypatch, tmp_path, log_lines):
+    """A library call that exports for seconds says so (INFO), and says when it reuses a graph."""
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda pipeline, path, resolution, precision: Path(path).write_bytes(b"graph"))
+    pipeline = seeded_pipeline("dino_s8", layer=0)
+    path = cached_onnx(pipeline, (16, 24), cache_dir=tmp_path)
+    assert log_lines()[0] == "exporting dino_s8 16x24 fp32 to ONNX (takes 10 s to a minute on a CPU)"
+    assert cached_onnx(pipeline, (16, 24), cache_dir=tmp_path) == path
+    assert log_lines()[-1] == f"using cached {path}"
 
 
 @pytest.mark.parametrize("damage,reason", [
@@ -176,16 +204,16 @@ def test_cache_builds_once_then_reuses(tmp_path):
     (lambda path: sidecar(path).write_text("null"), "unreadable"),
     (lambda path: sidecar(path).write_text(json.dumps({"key": make_key(max_batch=4).as_dict()})), "stale"),
 ])
-def test_corrupt_or_stale_artifact_is_rebuilt_with_a_message(tmp_path, damage, reason):
+def test_corrupt_or_stale_artifact_is_rebuilt_with_a_warning(tmp_path, caplog, damage, reason):
     build, calls = counting_builder()
     key = make_key()
-    path = cached_artifact(tmp_path, key, ".plan", build, lambda m: None)
+    path = cached_artifact(tmp_path, key, ".plan", build, "building")
     damage(path)
     assert reason in invalid_reason(path, key)
-    messages: list[str] = []
-    again = cached_artifact(tmp_path, key, ".plan", build, messages.append)
+    again = cached_artifact(tmp_path, key, ".plan", build, "building")
     assert len(calls) == 2 and invalid_reason(again, key) is None
-    assert any(m.startswith("rebuilding") and reason in m for m in messages), messages
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("rebuilding") and reason in warnings[0], warnings
 
 
 def test_failed_build_leaves_nothing_that_looks_valid(tmp_path):
@@ -194,7 +222,7 @@ def test_failed_build_leaves_nothing_that_looks_valid(tmp_path):
         raise RuntimeError("builder crashed")
 
     with pytest.raises(RuntimeError, match="crashed"):
-        cached_artifact(tmp_path, make_key(), ".plan", broken, lambda m: None)
+        cached_artifact(tmp_path, make_key(), ".plan", broken, "building")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -203,7 +231,7 @@ def test_cache_folder_that_is_a_file_is_a_value_error(tmp_path):
     (tmp_path / "taken").write_text("a file")
     for folder in (tmp_path / "taken", tmp_path / "taken" / "sub"):
         with pytest.raises(ValueError, match="cannot create the cache folder"):
-            cached_artifact(folder, make_key(), ".plan", build, lambda m: None)
+            cached_artifact(folder, make_key(), ".plan", build, "building")
     assert calls == []
 
 
@@ -212,9 +240,9 @@ def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
     assert cache_mod.default_cache_dir() == tmp_path
 
 
-def write_entry(directory: Path, weights: str, mtime: float, log=lambda m: None) -> Path:
+def write_entry(directory: Path, weights: str, mtime: float) -> Path:
     """A 1000-byte fake artifact (a distinct key per ``weights``) whose last use was at ``mtime``."""
-    path = cached_artifact(directory, make_key(weights=weights), ".plan", counting_builder(b"x" * 1000)[0], log)
+    path = cached_artifact(directory, make_key(weights=weights), ".plan", counting_builder(b"x" * 1000)[0], "building")
     os.utime(path, (mtime, mtime))
     return path
 
@@ -229,18 +257,17 @@ def set_cache_limit(monkeypatch, nbytes: float, cache_dir: Path) -> None:
     monkeypatch.setenv(cache_mod.CACHE_ENV, str(cache_dir))
 
 
-def test_cache_removes_least_recently_used_entries_over_the_limit(monkeypatch, tmp_path):
+def test_cache_removes_least_recently_used_entries_over_the_limit(monkeypatch, tmp_path, log_lines):
     old, used = write_entry(tmp_path, "a" * 16, 1000), write_entry(tmp_path, "b" * 16, 2000)
     other = tmp_path / "notes.txt"  # not a cache entry: neither counted nor removed
     other.write_bytes(b"y" * 10_000)
     set_cache_limit(monkeypatch, 2.5 * entry_bytes(old), tmp_path)
-    messages: list[str] = []
-    assert cached_artifact(tmp_path, make_key(weights="a" * 16), ".plan", counting_builder()[0], messages.append) == old
+    assert cached_artifact(tmp_path, make_key(weights="a" * 16), ".plan", counting_builder()[0], "building") == old
     assert old.stat().st_mtime > 2000  # a cache hit counts as a use
-    new = write_entry(tmp_path, "c" * 16, 3000, messages.append)
+    new = write_entry(tmp_path, "c" * 16, 3000)
     assert not used.exists() and not sidecar(used).exists()
     assert old.exists() and new.exists() and other.exists()
-    removals = [m for m in messages if m.startswith("removed")]
+    removals = [m for m in log_lines() if m.startswith("removed")]
     assert len(removals) == 1 and used.name in removals[0] and "MiB" in removals[0]
     assert "least recently used" in removals[0] and cache_mod.CACHE_MAX_ENV in removals[0]
 
@@ -282,7 +309,9 @@ def test_cache_limit_default_and_bad_values(monkeypatch):
 # --- TensorRT glue against a fake tensorrt module (no TensorRT here) --------------------------------
 
 class FakeTensorRT(types.ModuleType):
-    """Records what the builder is asked for; ``plan`` None mimics a failed build."""
+    """Records what the builder is asked for; ``plan`` None mimics a failed build. A timing cache whose bytes
+    start with ``DAMAGED`` cannot be read; one starting with ``FOREIGN`` (another TensorRT or GPU) is refused
+    by ``set_timing_cache`` unless mismatches are ignored, as TensorRT does."""
 
     def __init__(self, plan: bytes | None = b"PLAN", parse_ok: bool = True, deserialize_ok: bool = True) -> None:
         super().__init__("tensorrt")
@@ -320,7 +349,9 @@ class FakeTensorRT(types.ModuleType):
                 self.cache = Cache(data)
                 return self.cache
 
-            def set_timing_cache(self, cache, ignore_mismatch): pass
+            def set_timing_cache(self, cache, ignore_mismatch):
+                fake.record.setdefault("ignore_mismatch", []).append(ignore_mismatch)
+                return ignore_mismatch or not cache.data.startswith(b"FOREIGN")
 
             def get_timing_cache(self): return self.cache
 
@@ -372,24 +403,28 @@ def test_build_engine_uses_strongly_typed_network_and_profile(monkeypatch, tmp_p
     timing = tmp_path / "timing.cache"
     timing.write_bytes(b"old")
     trt_engine.build_engine(tmp_path / "g.onnx", tmp_path / "e.plan", height=224, width=160, max_batch=32, opt_batch=8,
-                            workspace_bytes=123, timing_cache=timing, log=lambda m: None)
+                            workspace_bytes=123, timing_cache=timing)
     assert fake.record["network_flags"] == 1 << 5
+    assert fake.record["ignore_mismatch"] == [False]  # a cache from another TensorRT or GPU is refused, not used
     assert fake.record["profile"] == ("images", (1, 3, 224, 160), (8, 3, 224, 160), (32, 3, 224, 160))
     assert fake.record["workspace"] == ("workspace", 123) and fake.record["profiles"] == 1
     assert fake.record["timing_in"] == b"old" and timing.read_bytes() == b"TIMINGold"
     assert (tmp_path / "e.plan").read_bytes() == b"PLAN"
 
 
-def test_damaged_timing_cache_is_replaced(monkeypatch, tmp_path):
+@pytest.mark.parametrize("stored, reason", [(b"DAMAGED half a cache", "damaged (RuntimeError: timing cache is corrupted)"),
+                                            (b"FOREIGN timings", "does not match this TensorRT build or GPU")])
+def test_unusable_timing_cache_is_replaced(monkeypatch, tmp_path, caplog, stored, reason):
     fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     timing = tmp_path / "timing.cache"
-    timing.write_bytes(b"DAMAGED half a cache")
-    messages = []
+    timing.write_bytes(stored)
     trt_engine.build_engine(tmp_path / "g.onnx", tmp_path / "e.plan", height=112, width=112, max_batch=4, opt_batch=4,
-                            timing_cache=timing, log=messages.append)
-    assert any("timing cache" in m and "damaged" in m and "corrupted" in m for m in messages)
+                            timing_cache=timing)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"timing cache {timing}" in warnings[0] and reason in warnings[0], warnings
     assert fake.record["timing_in"] == b"" and timing.read_bytes() == b"TIMING"  # a fresh cache, written whole
+    assert True not in fake.record["ignore_mismatch"]  # mismatch checks stay on, for the fresh cache too
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -398,8 +433,7 @@ def test_refused_profile_is_an_error(monkeypatch, tmp_path):
     fake.profile_ok = False
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     with pytest.raises(RuntimeError, match="refused the optimisation profile batch 1..4"):
-        trt_engine.build_engine(tmp_path / "g.onnx", tmp_path / "e.plan", height=112, width=112, max_batch=4, opt_batch=4,
-                                log=lambda m: None)
+        trt_engine.build_engine(tmp_path / "g.onnx", tmp_path / "e.plan", height=112, width=112, max_batch=4, opt_batch=4)
 
 
 @pytest.mark.parametrize("accepts, out_shape, match", [(False, (2, 384, 14, 14), "refused input shape"),
@@ -425,8 +459,7 @@ def test_tensorrt_run_checks_shapes_before_writing(pipelines, accepts, out_shape
 def test_build_engine_failures_are_explained(monkeypatch, tmp_path, fake, match):
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     with pytest.raises(RuntimeError, match=match):
-        trt_engine.build_engine(tmp_path / "g.onnx", tmp_path / "e.plan", height=112, width=112, max_batch=4, opt_batch=4,
-                                log=lambda m: None)
+        trt_engine.build_engine(tmp_path / "g.onnx", tmp_path / "e.plan", height=112, width=112, max_batch=4, opt_batch=4)
 
 
 @pytest.fixture
@@ -437,7 +470,7 @@ def fake_gpu(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: types.SimpleNamespace(name="NVIDIA H100 80GB", major=9, minor=0))
 
-    def stub_onnx(pipeline, resolution, *, precision, cache_dir, log):
+    def stub_onnx(pipeline, resolution, *, precision, cache_dir):
         path = Path(cache_dir) / "stub.onnx"
         path.write_bytes(b"onnx")
         return path
@@ -446,35 +479,34 @@ def fake_gpu(monkeypatch, tmp_path):
     return fake
 
 
-def test_cached_engine_builds_once_and_rebuilds_undeserializable(fake_gpu, pipelines, tmp_path):
+def test_cached_engine_builds_once_and_rebuilds_undeserializable(fake_gpu, pipelines, tmp_path, log_lines):
     pipeline = pipelines["dino_s16/4"]
-    messages: list[str] = []
-    path, engine = trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=4, cache_dir=tmp_path, log=messages.append)
+    path, engine = trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=4, cache_dir=tmp_path)
     assert engine == ("engine", b"PLAN") and fake_gpu.record["builds"] == 1
+    assert "building a TensorRT 10.99.0 engine for dino_s16 112x112 fp16, batch 1..4 (takes minutes)" in log_lines()
     assert "NVIDIA-H100-80GB-sm90" in json.dumps(json.loads(sidecar(path).read_text()))
     assert "tensorrt-10.99.0" in sidecar(path).read_text()
-    trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=4, cache_dir=tmp_path, log=messages.append)
+    trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=4, cache_dir=tmp_path)
     assert fake_gpu.record["builds"] == 1
     fake_gpu.deserialize_ok = False  # e.g. a plan from another TensorRT build
     with pytest.raises(RuntimeError, match="cannot deserialize"):
-        trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=4, cache_dir=tmp_path, log=messages.append)
+        trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=4, cache_dir=tmp_path)
     assert fake_gpu.record["builds"] == 2
-    assert any("could not deserialize" in m for m in messages)
+    assert any("could not deserialize" in m for m in log_lines())
     fake_gpu.deserialize_ok = True
     # A new batch range is another engine, not a reuse.
-    path8, _ = trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=8, cache_dir=tmp_path, log=lambda m: None)
+    path8, _ = trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=8, cache_dir=tmp_path)
     assert path8 != path and fake_gpu.record["builds"] == 3
 
 
-def test_new_engine_prunes_the_cache(fake_gpu, pipelines, monkeypatch, tmp_path):
+def test_new_engine_prunes_the_cache(fake_gpu, pipelines, monkeypatch, tmp_path, log_lines):
     set_cache_limit(monkeypatch, 100, tmp_path)
     pipeline = pipelines["dino_s16/4"]
-    path4, _ = trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=4, cache_dir=tmp_path, log=lambda m: None)
-    messages: list[str] = []
-    path8, _ = trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=8, cache_dir=tmp_path, log=messages.append)
+    path4, _ = trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=4, cache_dir=tmp_path)
+    path8, _ = trt_engine.cached_engine(pipeline, 112, precision="fp16", max_batch=8, cache_dir=tmp_path)
     assert path8.exists() and not path4.exists()
     assert (tmp_path / "stub.onnx").exists()  # the stub export has no sidecar: not an entry
-    assert any(m.startswith("removed") and path4.name in m for m in messages)
+    assert any(m.startswith("removed") and path4.name in m for m in log_lines())
 
 
 def test_tensorrt_reason_names_what_is_missing(monkeypatch):
@@ -502,6 +534,8 @@ def test_cli_help(capsys):
     for option in ("--backbone", "--lift-weights", "--random-init", "--resolution", "--max-batch", "--precision", "--out"):
         assert option in text
     assert build_parser().parse_args(["--backbone", "dino_s8", "--random-init"]).precision == "fp16"  # the issue's default
+    status = text[text.index("exit status:"):]
+    assert all(f"\n  {code}  " in status for code in (0, 1, 2)) and "python -m lift_rt.export: error:" in status
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -539,6 +573,44 @@ def test_cli_out_that_is_a_file_is_refused_before_any_work(capsys, tmp_path):
     assert "[1/4]" not in captured.out
 
 
+@pytest.mark.parametrize("out", ["read_only", "read_only/new"])
+def test_cli_read_only_out_is_refused_before_any_work(capsys, monkeypatch, tmp_path, out):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: answer as the system does for any other user
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: access(path, mode) and not (mode & os.W_OK and Path(path) == read_only))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--backbone", "dino_s16", "--random-init", "--out", str(tmp_path / out)])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert f"python -m lift_rt.export: error: --out {tmp_path / out} cannot be written: {read_only} is not writable" in captured.err
+    assert "[1/4]" not in captured.out
+
+
+def test_cli_late_error_is_one_prefixed_line_and_status_2(capsys, tmp_path):
+    garbage = tmp_path / "lift.pth"
+    garbage.write_bytes(b"garbage")
+    code = main(["--backbone", "dino_s16", "--random-init", "--lift-weights", str(garbage), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"python -m lift_rt.export: error: cannot read LiFT checkpoint {garbage}") and err.count("\n") == 1, err
+
+
+def test_cli_bf16_summary_says_parity_is_not_checked(capsys, pipelines, onnx_cache):
+    # The graph of test_bf16_graph_is_valid_onnx (same seed and layer), reused from the shared cache when present.
+    torch.manual_seed(0)
+    code = main(["--backbone", "dino_s16", "--random-init", "--layer", "3", "--resolution", "112", "--precision", "bf16",
+                 "--out", str(onnx_cache)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "  checker OK\n" in out
+    assert ("  parity  not checked: onnxruntime's CPU provider cannot run bf16 graphs; only a TensorRT engine build "
+            "(on an NVIDIA GPU) checks the bf16 numerics\n") in out
+    assert "onnxruntime CPU vs PyTorch" not in out
+
+
 def test_cli_exports_checks_and_explains_missing_engine(capsys, onnx_cache):
     # Same seed as the fixtures: the graph is reused from the shared cache when present.
     torch.manual_seed(0)
@@ -549,16 +621,18 @@ def test_cli_exports_checks_and_explains_missing_engine(capsys, onnx_cache):
     assert "relative" in out and ": OK" in out
     onnx_line = next(line for line in out.splitlines() if line.strip().startswith("onnx "))
     assert Path(onnx_line.split()[1]).is_file() and "MiB" in onnx_line
+    assert ("      exporting dino_s16 112x112 fp32 to ONNX" in out) != ("      using cached " in out)  # the library's log, indented
     reason = trt_engine.tensorrt_unavailable_reason("cuda")
     if reason is not None:
-        assert "engine  not built: " + reason in out
+        assert "engine  not built: " + reason + "\n" in out
+        assert out.count("not built") == 1 and out.count(reason) == 1, out  # said once, in the summary
         assert "python -m lift_rt.export --backbone dino_s16 --random-init --resolution 112 --precision fp32 --out " in out
     else:
         assert "parity  TensorRT vs PyTorch" in out
 
 
 def test_cli_engine_failure_keeps_the_onnx_summary(capsys, monkeypatch, onnx_cache):
-    """A TensorRT or CUDA error of any type: a message and status 1, and the summary of what was written."""
+    """A TensorRT or CUDA error of any type: the summary of what was written, then the error line and status 2."""
     import lift_rt.export.__main__ as cli
 
     def failing_build(*args, **kwargs):
@@ -568,7 +642,7 @@ def test_cli_engine_failure_keeps_the_onnx_summary(capsys, monkeypatch, onnx_cac
     torch.manual_seed(0)
     code = cli.main(["--backbone", "dino_s16", "--random-init", "--resolution", "112", "--precision", "fp32", "--out", str(onnx_cache)])
     captured = capsys.readouterr()
-    assert code == 1
-    assert "error: TensorRT engine: TypeError: pybind11::init()" in captured.err
+    assert code == 2
+    assert captured.err == "python -m lift_rt.export: error: TensorRT engine: TypeError: pybind11::init(): factory function returned nullptr\n"
     assert "summary" in captured.out and "engine  not built: the build failed (TypeError" in captured.out
     assert "onnx    " in captured.out and ": OK" in captured.out

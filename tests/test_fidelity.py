@@ -15,7 +15,8 @@ from torch import nn
 from lift_rt.backbones import get_spec
 from lift_rt.checkpoint import save_lift
 from lift_rt.eval.__main__ import main
-from lift_rt.eval.fidelity import evaluate_fidelity, format_table
+from lift_rt.eval.fidelity import METRIC, evaluate_fidelity, fidelity_scores
+from lift_rt.eval.report import format_table
 from lift_rt.model import LiFT
 from lift_rt.upsamplers import build_upsampler
 
@@ -53,9 +54,10 @@ def test_score_is_the_mean_over_images_of_the_mean_positional_cosine():
 
 
 def test_table_is_sorted_best_first():
-    table = format_table({"bilinear": (0.5, 0.1), "lift": (0.7, 0.05)}, "title")
-    lines = table.splitlines()
-    assert lines[0] == "title" and lines[2].startswith("lift") and lines[3].startswith("bilinear")
+    scores = fidelity_scores({"bilinear": (0.5, 0.1), "lift": (0.7, 0.05)})
+    assert list(scores) == ["lift", "bilinear"] and scores["lift"] == {METRIC: {"mean": 0.7, "std": 0.05}}
+    lines = format_table(scores, [METRIC], ["mean", "std"], digits=4).splitlines()
+    assert lines[3].split() == ["lift", "|", "0.7000", "0.0500"] and lines[4].split()[0] == "bilinear"
 
 
 @pytest.fixture(scope="module")

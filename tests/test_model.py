@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from lift_rt.model import LiFT, tokens_to_grid
+import torch.nn.functional as F
+
+from lift_rt.model import LiFT, adaptive_max_pool2d_static, tokens_to_grid
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -45,6 +47,29 @@ def test_rectangular_and_patch14():
     lift = LiFT(dim=16, patch_size=14).eval()
     out = lift(torch.randn(2, 3, 14 * 5, 14 * 3), torch.randn(2, 16, 5, 3))
     assert out.shape == (2, 16, 10, 6)
+
+
+def test_static_adaptive_max_pool_equals_pytorch_bit_for_bit():
+    # Every size the p = 14 image branch meets (H/4 = ceil(7 n / 2) onto 2n, ratio ~1.75), then any ratio
+    # (down, equal, up) and rectangular outputs: exact equality, on fresh random inputs each.
+    generator = torch.Generator().manual_seed(0)
+    branch = [(-(-7 * n // 2), 2 * n) for n in range(1, 41)]
+    anyratio = [(size_in, size_out) for size_in in range(1, 24) for size_out in range(1, 2 * size_in + 2)]
+    for (h_in, h_out), (w_in, w_out) in zip(branch + anyratio, branch[::-1] * 30):
+        x = torch.randn(2, 3, h_in, w_in, generator=generator)
+        expected = F.adaptive_max_pool2d(x, (h_out, w_out))
+        assert torch.equal(adaptive_max_pool2d_static(x, (h_out, w_out)), expected), (h_in, w_in, h_out, w_out)
+
+
+def test_static_adaptive_max_pool_keeps_nan_and_refuses_empty_sizes():
+    x = torch.randn(1, 2, 7, 7)
+    x[0, 1, 3, 4] = float("nan")
+    out = adaptive_max_pool2d_static(x, (4, 4))
+    torch.testing.assert_close(out, F.adaptive_max_pool2d(x, (4, 4)), rtol=0, atol=0, equal_nan=True)
+    # 7 -> 4 cells: windows 0-1, 1-3, 3-5, 5-6; row 3 lies in row cells 1 and 2, column 4 in column cell 2 only.
+    assert out[0, 1].isnan().nonzero().tolist() == [[1, 2], [2, 2]]
+    with pytest.raises(ValueError, match="positive sizes"):
+        adaptive_max_pool2d_static(x, (0, 4))
 
 
 def test_tokens_with_and_without_cls_match_grid():

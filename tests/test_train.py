@@ -112,6 +112,7 @@ def test_paper_defaults_and_help():
     args = parser.parse_args(["--backbone", "dino_s16", "--data", "x"])
     config = TrainConfig(**vars(args))
     assert (config.epochs, config.lr, config.imsize, config.loss, config.seed) == (5, 1e-3, 448, "cos", 0)
+    assert config.color_jitter == 0.2  # the authors' ColorJitter(0.2, 0.2, 0.2, hue=0.2), on in their README's runs
     assert (config.facet, config.layer, config.batch, config.use_image, config.upsampler) == ("key", 11, 256, True, "lift")
     assert default_batch(8) == 64 and default_batch(16) == 256
     help_text = parser.format_help()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lift_rt.eval.pck import build_feature_pipeline
+from lift_rt.engine import build_pipeline
 from lift_rt.viz import VIRIDIS, colormap, main, similarity_maps
 
 
@@ -19,7 +19,7 @@ def test_colormap_spans_viridis():
 
 def test_similarity_maps_resolutions_and_self_match():
     torch.manual_seed(0)
-    pipeline = build_feature_pipeline("dino_s16", "lift", random_init=True)
+    pipeline = build_pipeline("dino_s16", random_init=True)
     canvas = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     maps = similarity_maps(pipeline, canvas, (7.5, 23.5))  # centre of backbone cell (row 1, col 0)
     assert {k: tuple(v.shape) for k, v in maps.items()} == {

@@ -12,7 +12,7 @@ import sys
 
 from lift_rt.cli import plain_text
 
-COMMAND_MODULES = ("lift_rt.eval.fidelity", "lift_rt.eval.pck", "lift_rt.eval.corloc")
+COMMAND_MODULES = ("lift_rt.eval.fidelity", "lift_rt.eval.pck_cli", "lift_rt.eval.davis", "lift_rt.eval.corloc")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,9 +114,9 @@ def discover(images: Sequence[AnnotatedImage], features: FeatureFn, size: int, t
 
 def feature_pipeline(backbone: str, upsampler: str, **options):
     """The pipeline (ViT key facet + ``upsampler``) whose features TokenCut cuts; ``options`` as the builder's."""
-    from lift_rt.eval.pck import build_feature_pipeline
+    from lift_rt.engine import build_pipeline
 
-    return build_feature_pipeline(backbone, upsampler, **options)
+    return build_pipeline(backbone, options.pop("lift", None), upsampler=upsampler, **options)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -127,7 +127,8 @@ DATASET_LABELS = {"voc07": "VOC07", "voc12": "VOC12", "coco20k": "COCO20K"}
 def add_parser(subparsers) -> None:
     """Register ``corloc`` on the ``python -m lift_rt.eval`` dispatcher."""
     from lift_rt.cli import add_feature_arguments, positive_float, positive_int
-    from lift_rt.eval.pck import UPSAMPLER_CHOICES, _int_list  # the same --resolutions parsing as eval pck
+    from lift_rt.engine import PIPELINE_UPSAMPLERS
+    from lift_rt.eval.pck_cli import int_list  # the same --resolutions parsing as eval pck
 
     p = subparsers.add_parser("corloc", help="object discovery CorLoc with TokenCut (supplemental Table 5 layout)",
                               description=__doc__.split("\n\n")[0])
@@ -136,8 +137,8 @@ def add_parser(subparsers) -> None:
                         "COCO20K: the folder with coco_20k_filenames.txt and COCO/)")
     p.add_argument("--backbone", default="dino_s8", help="registry backbone (default dino_s8)")
     p.add_argument("--upsampler", default="none,bilinear,rc,jbu,lift",
-                   help=f"comma-separated, from {', '.join(UPSAMPLER_CHOICES)} (default none,bilinear,rc,jbu,lift)")
-    p.add_argument("--resolutions", type=_int_list, default=[224],
+                   help=f"comma-separated, from {', '.join(PIPELINE_UPSAMPLERS)} (default none,bilinear,rc,jbu,lift)")
+    p.add_argument("--resolutions", type=int_list, default=[224],
                    help="evaluation sizes S (images squashed to S x S), multiples of the patch (default 224)")
     p.add_argument("--tau", type=positive_float, default=None,
                    help="graph threshold for every data set (default: 0.2 for VOC, 0.3 for COCO20K, as the authors)")
@@ -158,7 +159,7 @@ def run_cli(args: argparse.Namespace) -> int:
     from lift_rt.backends import build_backend
     from lift_rt.arguments import check_writable
     from lift_rt.devices import device_arg
-    from lift_rt.eval.pck import check_upsampler
+    from lift_rt.eval.pck_cli import check_upsampler
     from lift_rt.eval.report import format_table, write_json
 
     spec = get_spec(args.backbone)

@@ -14,7 +14,6 @@ Higher is better; 1 is a perfect match. Unreadable files are skipped: named
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from pathlib import Path
@@ -29,12 +28,14 @@ from lift_rt.arguments import check_writable
 from lift_rt.cli import non_negative_int, plain_text, positive_int, show_logs
 from lift_rt.devices import device_arg
 from lift_rt.data import ImageFolder
+from lift_rt.eval.report import format_table, write_json
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.train.losses import feature_pyramid
 from lift_rt.train.models import build_frozen_backbone, load_upsampler
 from lift_rt.upsamplers import build_upsampler
 
 BASELINES: tuple[str, ...] = ("bilinear", "rc", "jbu", "nearest")
+METRIC = "cosine similarity at 2x"
 
 
 @torch.no_grad()
@@ -67,12 +68,10 @@ def evaluate_fidelity(
     return results
 
 
-def format_table(results: dict[str, tuple[float, float]], title: str) -> str:
-    width = max(len(name) for name in results) + 2
-    lines = [title, f"{'upsampler':<{width}}{'mean cos':>10}{'std':>9}"]
-    for name, (mean, std) in sorted(results.items(), key=lambda item: -item[1][0]):
-        lines.append(f"{name:<{width}}{mean:>10.4f}{std:>9.4f}")
-    return "\n".join(lines)
+def fidelity_scores(results: dict[str, tuple[float, float]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{name: (mean, std)}`` -> :mod:`lift_rt.eval.report` scores (metric :data:`METRIC`, columns mean and std), best first."""
+    ranked = sorted(results.items(), key=lambda item: -item[1][0])
+    return {name: {METRIC: {"mean": mean, "std": std}} for name, (mean, std) in ranked}
 
 
 def _backbone_settings(args: argparse.Namespace, facet: str) -> dict:
@@ -123,12 +122,10 @@ def run(args: argparse.Namespace) -> int:
         f"features of the {imsize // 2} px image lifted to the {imsize // spec.patch_size} x {imsize // spec.patch_size} "
         f"grid of the {imsize} px image"
     )
-    print(format_table(results, title))
+    print(title)
+    print(format_table(fidelity_scores(results), [METRIC], ["mean", "std"], digits=4, width=9))
     if args.json:
-        payload = {"title": title, "results": {k: {"mean": m, "std": s} for k, (m, s) in results.items()}}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
+        write_json(args.json, {"title": title, "results": {k: {"mean": m, "std": s} for k, (m, s) in results.items()}})
     if any(math.isnan(mean) for mean, _ in results.values()):
         return 1
     return 0

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lift_rt.eval.pck import KeypointPair
+from lift_rt.eval.pairs import KeypointPair
 
 CATEGORIES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",

@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from lift_rt.eval.pck import Box, KeypointPair
+from lift_rt.eval.pairs import Box, KeypointPair
 
 # Photo -> object box (x1, y1, x2, y2) in the photo's own pixels, drawn by eye.
 PHOTOS: dict[str, Box] = {

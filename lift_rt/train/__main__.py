@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lift_rt.backbones import BACKBONES, FACETS
 from lift_rt.cli import non_negative_int, plain_text, show_logs
+from lift_rt.data import AUTHORS_JITTER
 from lift_rt.train.losses import LOSSES
 from lift_rt.train.loop import TrainConfig, Trainer
 from lift_rt.train.models import trainable_upsamplers
@@ -40,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lr", type=float, default=1e-3, help="Adam learning rate, constant, no weight decay (default 1e-3)")
     add("--imsize", type=int, default=448,
         help="images are squashed to imsize x imsize; the loss uses them at 1, 1/2 and 1/4 of it (default 448)")
-    add("--color-jitter", type=float, default=0.0,
-        help="brightness/contrast/saturation jitter strength (default 0: off; the paper's optional value is 0.2)")
+    add("--color-jitter", type=float, default=AUTHORS_JITTER, metavar="S",
+        help="colour jitter as torchvision's ColorJitter(brightness=S, contrast=S, saturation=S, hue=S), the four in a "
+             f"random order per image; 0 turns it off (default {AUTHORS_JITTER}: the paper's recipe, whose README "
+             "trains with --augment, i.e. this jitter)")
     add("--out", default="runs/lift",
         help="output folder: epochN.safetensors (+ .state.pt resume state) each epoch, interrupted.* on Ctrl-C "
              "(removed once a later checkpoint is saved), log.jsonl (default runs/lift)")

@@ -40,7 +40,7 @@ from torch import nn
 from lift_rt.backbones import get_spec
 from lift_rt.arguments import check_writable
 from lift_rt.devices import device_arg
-from lift_rt.data import ImageFolder, check_jitter, identity_difference
+from lift_rt.data import AUTHORS_JITTER, ImageFolder, check_jitter, identity_difference
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.train.losses import TwoScaleObjective, get_loss
 from lift_rt.train.models import build_frozen_backbone, build_trainable
@@ -79,7 +79,7 @@ class TrainConfig:
     workers: int = 4
     seed: int = 0
     device: str | None = None
-    color_jitter: float = 0.0
+    color_jitter: float = AUTHORS_JITTER
     max_steps: int | None = None
     keep_last: int = 2
     amp: bool = True
