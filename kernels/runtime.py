@@ -14,7 +14,6 @@ import os
 
 import torch
 import triton
-import triton.language as tl
 from triton import knobs
 
 INTERPRET: bool = bool(knobs.runtime.interpret)

@@ -4,6 +4,7 @@ from lift_rt.backbones import BACKBONES, BackboneSpec, ViTFeatures, WeightsNotFo
 from lift_rt.backends import BackendUnavailable
 from lift_rt.checkpoint import load_lift, save_lift
 from lift_rt.engine import Engine, build_pipeline
+from lift_rt.extract import FeatureStore
 from lift_rt.model import LiFT
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.upsamplers import UPSAMPLERS, build_upsampler
@@ -11,7 +12,7 @@ from lift_rt.upsamplers import UPSAMPLERS, build_upsampler
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKBONES", "BackboneSpec", "BackendUnavailable", "Engine", "LiFT", "LiftPipeline", "UPSAMPLERS",
+    "BACKBONES", "BackboneSpec", "BackendUnavailable", "Engine", "FeatureStore", "LiFT", "LiftPipeline", "UPSAMPLERS",
     "ViTFeatures", "WeightsNotFoundError", "build_backbone", "build_pipeline", "build_upsampler", "get_spec",
     "load_lift", "save_lift",
 ]

@@ -45,14 +45,34 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags every evaluation command shares for where its features come from: --backbone-weights,
-    --random-init, --backend, --precision, --device."""
-    parser.add_argument("--backbone-weights", default=None, help="official backbone checkpoint (default: the timm / Hugging Face cache)")
-    parser.add_argument("--random-init", action="store_true", help="random backbone (and LiFT) weights")
-    parser.add_argument("--backend", default="torch", help="Engine backend for the features (default torch; auto picks the fastest)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="feature precision (default fp32)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+def positive_int_list(text: str) -> list[int]:
+    """argparse type: comma-separated positive integers, e.g. ``56,112,224``."""
+    values = [positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def add_feature_arguments(parser: argparse.ArgumentParser, *, upsamplers: str, resolutions: list[int]) -> None:
+    """The flags every evaluation command shares for where its features come from
+    (:class:`lift_rt.eval.methods.FeatureSource`); ``upsamplers`` and ``resolutions`` are the command's defaults."""
+    from lift_rt.engine import PIPELINE_UPSAMPLERS
+
+    add = parser.add_argument
+    add("--backbone", default="dino_s8", help="registry backbone (default dino_s8)")
+    add("--upsampler", default=upsamplers,
+        help=f"comma-separated table rows, from {', '.join(PIPELINE_UPSAMPLERS)}; none = the backbone's own features "
+             f"(default {upsamplers})")
+    add("--resolutions", type=positive_int_list, default=resolutions,
+        help=f"evaluation sizes S, multiples of the backbone's patch (default {','.join(map(str, resolutions))})")
+    add("--lift", default=None, metavar="CKPT", help="LiFT checkpoint for the lift row (safetensors or the authors' .pth)")
+    add("--rc", default=None, metavar="CKPT", help="trained resize-conv for the rc row (python -m lift_rt.train --upsampler rc); "
+        "without it rc is evaluated untrained (identity-initialised: nearest) and labelled so")
+    add("--backbone-weights", default=None, metavar="F", help="official backbone checkpoint (default: the timm / Hugging Face cache)")
+    add("--random-init", action="store_true", help="random backbone (and LiFT) weights, drawn from --seed: for testing only")
+    add("--backend", default="torch", help="Engine backend for the features (default torch; auto picks the fastest)")
+    add("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="feature precision (default fp32)")
+    add("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
 
 
 def plain_text(doc: str) -> str:

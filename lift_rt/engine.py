@@ -9,12 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lift_rt.backbones import BackboneSpec, build_backbone, check_resolution, get_spec, seeded
+from lift_rt.backbones import BackboneSpec, build_backbone, get_spec, seeded
 from lift_rt.backends import build_backend
 from lift_rt.checkpoint import load_lift, trained_backbone
 from lift_rt.devices import engine_device
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.preprocess import precision_dtype, to_image_tensor
+from lift_rt.sizing import SizePolicy
 from lift_rt.upsamplers import UPSAMPLERS, build_upsampler
 
 
@@ -117,11 +118,24 @@ class Engine:
         backbone_weights: the official checkpoint file of the backbone (else the timm / Hugging
             Face cache, else an error naming the file to fetch).
         random_init: random backbone and LiFT weights where none are given.
+        resize: shorter side in pixels (the authors' ``load_size``), the longer scaled alike; both
+            rounded to the patch multiple unless ``pad``. Lanczos resampling. None: as given.
+        max_side: the longer side is scaled down to at most this many pixels. None: no limit.
+        pad: keep the aspect ratio, zero-pad bottom/right to the patch multiple and return the
+            features cropped to the image's cells (see below).
         **backend_options: per backend; an unknown one is an error that lists the accepted ones.
             onnxruntime: ``cache_dir`` (exported graphs; default ``$LIFT_RT_CACHE`` or
             ``~/.cache/lift_rt``, pruned to ``$LIFT_RT_CACHE_MAX_GB``, default 8), ``threads``
             (an export is announced on the ``lift_rt.export`` logger). tensorrt: ``max_batch``, ``opt_batch``,
             ``cache_dir``, ``workspace_bytes``. compile: ``mode``. triton: ``cuda_graph_max_batch``.
+
+    Geometry (:mod:`lift_rt.sizing`): by default H and W must be multiples of the patch size p
+    and the output is ``B x C x 2^k H/p x 2^k W/p``. With ``resize``/``max_side`` the image is
+    first resized to ``h x w`` and the output is ``B x C x 2^k h/p x 2^k w/p``. With ``pad`` the
+    output is ``B x C x ceil(2^k h/p) x ceil(2^k w/p)``: cell ``(i, j)`` covers pixels
+    ``[i, i+1) * p/2^k`` x ``[j, j+1) * p/2^k`` of the (resized) image, whose top-left corner is
+    the features' top-left corner; only the last row and column may also cover padding.
+    ``engine.size_policy.plan(H, W, engine.spec)`` gives these sizes without running the model.
 
     The onnxruntime and tensorrt backends export one graph per new input size (seconds on a
     CPU; a TensorRT build takes minutes) and keep it in the cache for later calls.
@@ -140,9 +154,14 @@ class Engine:
         layer: int | None = None,
         backbone_weights: str | os.PathLike | None = None,
         random_init: bool = False,
+        resize: int | None = None,
+        max_side: int | None = None,
+        pad: bool = False,
         **backend_options: Any,
     ) -> None:
         precision_dtype(precision)
+        self.size_policy = SizePolicy(resize=resize, max_side=max_side, pad=pad)
+        self.size_policy.check(get_spec(backbone))  # before the slow part
         self.device = engine_device(device)
         self.pipeline = build_pipeline(
             backbone, lift, iterations=iterations, facet=facet, layer=layer,
@@ -164,7 +183,11 @@ class Engine:
         )
 
     def __call__(self, images: Any) -> torch.Tensor:
-        """Images (see :func:`lift_rt.preprocess.to_image_tensor`) -> ``B x C x 2^k h x 2^k w``."""
+        """Images of one size (see :func:`lift_rt.preprocess.to_image_tensor`) -> ``B x C x h' x w'``
+        (the class docstring gives h' and w' under each size policy)."""
         tensor = to_image_tensor(images)
-        check_resolution(self.spec, tensor.shape[-2], tensor.shape[-1])
-        return self.backend(tensor.to(self.device))
+        try:
+            plan = self.size_policy.plan(tensor.shape[-2], tensor.shape[-1], self.spec)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; or let the Engine fit the size: resize=224 or pad=True") from None
+        return plan.crop(self.backend(plan.prepare(tensor).to(self.device))).contiguous()

@@ -199,7 +199,7 @@ def test_cli_prints_table_1_layout_and_writes_every_score_as_json(capsys, tmp_pa
     assert set(by_name) == {"none", "bilinear"} and all(len(v) == 4 and all(0 <= x <= 100 for x in v) for v in by_name.values())
     data = json.loads(out_json.read_text())
     assert data["settings"] | {"device": "cpu"} == {
-        "protocol": "authors", "pairs": 1, "pairs_evaluated": 5, "categories": 5, "seed": 0, "dataset": "synthetic",
+        "protocol": "authors", "pairs": 1, "pairs_seed": 0, "pairs_evaluated": 5, "categories": 5, "seed": None, "dataset": "synthetic",
         "split": "test", "backbone": "dino_s16", "weights": "random init", "lift": None, "rc": None,
         "backbone_weights": None, "iterations": 1, "backend": "torch", "precision": "fp32", "device": "cpu",
         "matcher": "torch", "average": "category", "mutual": False, "soft_argmax": None, "window": None,
@@ -286,8 +286,7 @@ def test_cli_lift_without_weights_is_an_error(capsys):
     (["--device", "meta"], "an Engine runs on cpu, cuda or cuda:N"),
     (["--upsampler", ""], "--upsampler names no upsampler"),
     (["--upsampler", ","], "--upsampler names no upsampler"),
-    (["--resolutions", ""], "--resolutions names no size"),
-    (["--resolutions", "-32"], "must be positive multiples of the patch size 16"),
+    (["--resolutions", "24"], "image size 24 x 24 must be a multiple of 16"),
 ])
 def test_cli_bad_arguments_give_a_message(capsys, args, message):
     code = eval_main(["pck", "--backbone", "dino_s16", "--random-init", "--resolutions", "32", "--upsampler", "none", *args])
@@ -303,6 +302,8 @@ def test_cli_bad_arguments_give_a_message(capsys, args, message):
     (["--pairs", "0"], "argument --pairs: must be a positive integer or 'all', got 0"),
     (["--pairs", "some"], "argument --pairs: expected a positive integer or 'all', got 'some'"),
     (["--protocol", "paper"], "argument --protocol: invalid choice: 'paper'"),
+    (["--resolutions", ""], "argument --resolutions: expected comma-separated positive integers"),
+    (["--resolutions", "-32"], "argument --resolutions: must be a positive integer, got -32"),
 ])
 def test_cli_soft_argmax_settings_name_their_flag(cli_error, args, message):
     err = cli_error(eval_main, ["pck", "--backbone", "dino_s16", "--random-init", "--resolutions", "32", *args])

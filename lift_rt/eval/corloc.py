@@ -23,8 +23,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
+from lift_rt.arguments import check_writable
+from lift_rt.cli import add_feature_arguments, positive_float, positive_int
 from lift_rt.eval.corloc_data import AnnotatedImage, load_corloc_dataset, scaled_boxes
+from lift_rt.eval.methods import FeatureSource
+from lift_rt.eval.report import format_table, write_json
 from lift_rt.eval.tokencut import EPS, TAU_COCO, TAU_VOC, tokencut
 
 IOU_THRESHOLD = 0.5
@@ -95,7 +100,6 @@ def discover(images: Sequence[AnnotatedImage], features: FeatureFn, size: int, t
     ``features``: ``B x 3 x size x size`` float images in [0, 1] on ``device`` ->
     ``B x C x h x w``. ``progress``: a tqdm label, or None for no bar.
     """
-    from tqdm.auto import tqdm
 
     results: list[DiscoveryResult] = []
     with tqdm(total=len(images), desc=progress, unit="img", disable=progress is None, dynamic_ncols=True) as bar:
@@ -112,11 +116,6 @@ def discover(images: Sequence[AnnotatedImage], features: FeatureFn, size: int, t
     return results
 
 
-def feature_pipeline(backbone: str, upsampler: str, **options):
-    """The pipeline (ViT key facet + ``upsampler``) whose features TokenCut cuts; ``options`` as the builder's."""
-    from lift_rt.engine import build_pipeline
-
-    return build_pipeline(backbone, options.pop("lift", None), upsampler=upsampler, **options)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -126,26 +125,16 @@ DATASET_LABELS = {"voc07": "VOC07", "voc12": "VOC12", "coco20k": "COCO20K"}
 
 def add_parser(subparsers) -> None:
     """Register ``corloc`` on the ``python -m lift_rt.eval`` dispatcher."""
-    from lift_rt.cli import add_feature_arguments, positive_float, positive_int
-    from lift_rt.engine import PIPELINE_UPSAMPLERS
-    from lift_rt.eval.pck_cli import int_list  # the same --resolutions parsing as eval pck
-
     p = subparsers.add_parser("corloc", help="object discovery CorLoc with TokenCut (supplemental Table 5 layout)",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True,
                    help="comma-separated voc07:DIR, voc12:DIR, coco20k:DIR (VOC: the VOC20xx folder; "
                         "COCO20K: the folder with coco_20k_filenames.txt and COCO/)")
-    p.add_argument("--backbone", default="dino_s8", help="registry backbone (default dino_s8)")
-    p.add_argument("--upsampler", default="none,bilinear,rc,jbu,lift",
-                   help=f"comma-separated, from {', '.join(PIPELINE_UPSAMPLERS)} (default none,bilinear,rc,jbu,lift)")
-    p.add_argument("--resolutions", type=int_list, default=[224],
-                   help="evaluation sizes S (images squashed to S x S), multiples of the patch (default 224)")
+    add_feature_arguments(p, upsamplers="none,bilinear,rc,jbu,lift", resolutions=[224])
     p.add_argument("--tau", type=positive_float, default=None,
                    help="graph threshold for every data set (default: 0.2 for VOC, 0.3 for COCO20K, as the authors)")
-    p.add_argument("--lift", default=None, help="LiFT checkpoint for the lift row")
-    p.add_argument("--rc", default=None, metavar="CKPT", help="trained resize-conv for the rc row (default: untrained, labelled so)")
-    add_feature_arguments(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of random weights with --random-init (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="random weights' seed with --random-init (default: the "
+                   "LiFT checkpoint's training seed, else 0)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N images of each data set (default all)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the scores and settings as JSON")
@@ -155,25 +144,12 @@ def add_parser(subparsers) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from lift_rt.backbones import check_resolution, get_spec
-    from lift_rt.backends import build_backend
-    from lift_rt.arguments import check_writable
-    from lift_rt.devices import device_arg
-    from lift_rt.eval.pck_cli import check_upsampler
-    from lift_rt.eval.report import format_table, write_json
-
-    spec = get_spec(args.backbone)
-    upsamplers = [u for u in args.upsampler.split(",") if u]
-    if not args.resolutions or not upsamplers:
-        raise ValueError("--resolutions and --upsampler must each name at least one; e.g. --resolutions 224 --upsampler none,lift")
-    for size in args.resolutions:
-        check_resolution(spec, size, size)
-    for name in upsamplers:
-        check_upsampler(spec.name, name, lift=args.lift, random_init=args.random_init)
+    """The ``corloc`` command: print the table (bad inputs raise; the dispatcher prints them)."""
+    source = FeatureSource.from_args(args)
+    upsamplers = source.check_rows(args.upsampler, args.resolutions)
     for path, flag in ((args.json, "--json"), (args.save_boxes, "--save-boxes")):
         if path is not None:
             check_writable(path, flag)
-    device = device_arg(args.device)
     datasets = [load_corloc_dataset(item) for item in args.data.split(",") if item]
     if not datasets:
         raise ValueError("--data names no data set; e.g. --data voc07:/data/VOC2007")
@@ -183,31 +159,26 @@ def run_cli(args: argparse.Namespace) -> int:
     scores: dict[str, dict[str, dict[int, float]]] = {}
     boxes = []
     for upsampler in upsamplers:
-        torch.manual_seed(args.seed)
-        pipeline = feature_pipeline(spec.name, upsampler, lift=args.lift, random_init=args.random_init,
-                                    backbone_weights=args.backbone_weights, rc=args.rc)
-        backend = build_backend(pipeline, args.backend, device=device, precision=args.precision)[0]
-        row = "rc (untrained)" if upsampler == "rc" and args.rc is None else upsampler
+        backend = source.features(upsampler)
+        row = source.row_label(upsampler)
         scores[row] = {}
         for name, images in datasets:
             label = DATASET_LABELS[name]
             for size in args.resolutions:
-                results = discover(images, backend, size, taus[name], batch_size=args.batch_size, device=device,
+                results = discover(images, backend, size, taus[name], batch_size=args.batch_size, device=source.device,
                                    progress=f"{row} {label} {size}")
                 scores[row].setdefault(label, {})[size] = corloc(results)
                 boxes += [{"upsampler": row, "dataset": label, "resolution": size, "image": r.name, "box": list(r.box),
                            "best_iou": r.best_iou, "found": r.found} for r in results]
 
-    weights = "random init" if args.random_init else "pretrained"
     counts = {DATASET_LABELS[name]: len(images) for name, images in datasets}
     print(f"CorLoc (%) with TokenCut: {', '.join(f'{k} {v} images' for k, v in counts.items())}; "
-          f"{spec.name} ({weights}), backend {args.backend} {args.precision} on {device}")
+          f"{source.backbone} ({source.weights}), backend {source.backend} {source.precision} on {source.device}")
     labels = [DATASET_LABELS[name] for name, _ in datasets]
     print(format_table(scores, labels, args.resolutions))
     if args.json is not None:
         write_json(args.json, {
-            "command": "corloc", "backbone": spec.name, "weights": weights, "backend": args.backend,
-            "precision": args.precision, "device": str(device), "resolutions": args.resolutions,
+            "command": "corloc", **source.settings(), "resolutions": args.resolutions,
             "tau": {DATASET_LABELS[k]: v for k, v in taus.items()}, "eps": EPS, "images": counts, "scores": scores,
         })
     if args.save_boxes is not None:

@@ -30,33 +30,20 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from lift_rt.cli import check_writable, cli_device, positive_int
+from lift_rt.arguments import check_writable
+from lift_rt.backbones import get_spec
+from lift_rt.cli import add_feature_arguments, positive_int
 from lift_rt.eval.davis_data import DavisSequence, load_davis, read_frame, read_labels, write_labels
 from lift_rt.eval.davis_metrics import BOUNDARY_TOLERANCE, SequenceScores, summarise
 from lift_rt.eval.davis_propagation import LabelPropagator, PropagationSettings
+from lift_rt.eval.methods import FeatureSource
+from lift_rt.eval.report import format_table, write_json
 
 logger = logging.getLogger(__name__)
 
 # images B x 3 x S x S float in [0, 1] -> features B x D x h x w
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 METRICS: tuple[str, ...] = ("J", "F", "J&F")
-
-
-def feature_function(backbone: str, upsampler: str, *, lift: str | os.PathLike | None = None, random_init: bool = False,
-                     backbone_weights: str | os.PathLike | None = None, rc: str | os.PathLike | None = None,
-                     seed: int | None = None, backend: str = "torch", device: torch.device | str = "cpu",
-                     precision: str = "fp32") -> FeatureFn:
-    """Features of ``backbone`` + ``upsampler`` ("none" = the backbone's own) on an Engine backend;
-    ``seed`` draws random weights (``random_init``).
-
-    The only place this command builds a pipeline.
-    """
-    from lift_rt.backends import build_backend
-    from lift_rt.eval.pck import build_feature_pipeline
-
-    pipeline = build_feature_pipeline(backbone, upsampler, lift=lift, random_init=random_init,
-                                      backbone_weights=backbone_weights, rc=rc, seed=seed)
-    return build_backend(pipeline, backend, device=torch.device(device), precision=precision)[0]
 
 
 def grid_labels(labels: np.ndarray, grid: tuple[int, int], objects: int) -> torch.Tensor:
@@ -134,34 +121,16 @@ def evaluate_sequences(sequences: Sequence[DavisSequence], features: FeatureFn, 
 # ----------------------------------------------------------------------------- CLI
 
 
-def _sizes(text: str) -> list[int]:
-    """argparse type: comma-separated positive integers."""
-    return [positive_int(part) for part in text.split(",") if part.strip()]
-
-
 def add_parser(subparsers) -> None:
     """Register ``davis`` on the ``python -m lift_rt.eval`` dispatcher."""
-    from lift_rt.eval.pck import UPSAMPLER_CHOICES
-
     p = subparsers.add_parser("davis", help="DAVIS-2017 video object segmentation J/F (supplemental Table 4 layout)",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="DAVIS-2017 root (JPEGImages/480p, Annotations/480p, ImageSets/2017)")
     p.add_argument("--split", default="val", help="sequence list ImageSets/2017/<split>.txt (default val)")
     p.add_argument("--sequences", default=None, help="comma-separated sequence names to evaluate (default: all of the split)")
-    p.add_argument("--backbone", default="dino_s8", help="registry backbone (default dino_s8)")
-    p.add_argument("--upsampler", default="lift", help=f"comma-separated, from {', '.join(UPSAMPLER_CHOICES)} (default lift)")
-    p.add_argument("--resolutions", type=_sizes, default=[56, 112, 224, 448],
-                   help="evaluation sizes S (frames resized to S x S), multiples of the patch (default 56,112,224,448)")
-    p.add_argument("--lift", default=None, help="LiFT checkpoint for the lift row")
-    p.add_argument("--rc", default=None, metavar="CKPT", help="trained resize-conv for the rc row (default: untrained, "
-                   "identity-initialised, labelled so)")
-    p.add_argument("--backbone-weights", default=None, help="official backbone checkpoint (default: the timm / Hugging Face cache)")
-    p.add_argument("--random-init", action="store_true", help="random backbone (and LiFT) weights: for testing the command only")
+    add_feature_arguments(p, upsamplers="lift", resolutions=[56, 112, 224, 448])
     p.add_argument("--seed", type=int, default=None, help="random weights' seed with --random-init (default: the "
                    "LiFT checkpoint's training seed, else 0)")
-    p.add_argument("--backend", default="torch", help="Engine backend for the features (default torch; auto picks the fastest)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="feature precision (default fp32)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--batch", type=positive_int, default=8, help="frames per feature batch (default 8)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the scores and settings as JSON")
     p.add_argument("--save-masks", default=None, metavar="DIR",
@@ -169,31 +138,10 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run_cli)
 
 
-def table_rows(backbone: str, upsamplers: str, resolutions: Sequence[int], *, lift: str | os.PathLike | None,
-               random_init: bool) -> list[str]:
-    """The comma-separated ``--upsampler`` list, every name and resolution checked for ``backbone``."""
-    from lift_rt.backbones import check_resolution, get_spec
-    from lift_rt.eval.pck import UPSAMPLER_CHOICES, check_upsampler
-
-    spec = get_spec(backbone)
-    names = [u for u in upsamplers.split(",") if u]
-    if not names or not resolutions:
-        raise ValueError(f"--upsampler and --resolutions must each name one at least (upsamplers: "
-                         f"{', '.join(UPSAMPLER_CHOICES)}; e.g. --resolutions 112,224)")
-    for size in resolutions:
-        check_resolution(spec, size, size)
-    for name in names:
-        check_upsampler(spec.name, name, lift=lift, random_init=random_init)
-    return names
-
-
 def run_cli(args: argparse.Namespace) -> int:
-    from lift_rt.backbones import get_spec
-    from lift_rt.eval.report import format_table, write_json
-
-    spec = get_spec(args.backbone)
-    upsamplers = table_rows(spec.name, args.upsampler, args.resolutions, lift=args.lift, random_init=args.random_init)
-    device = cli_device(args.device)
+    source = FeatureSource.from_args(args)
+    upsamplers = source.check_rows(args.upsampler, args.resolutions)
+    spec, device = get_spec(source.backbone), source.device
     if args.json is not None:
         check_writable(args.json, "--json")
     if args.save_masks is not None:
@@ -206,10 +154,8 @@ def run_cli(args: argparse.Namespace) -> int:
     per_object: dict[str, dict[int, dict]] = {}
     with tqdm(total=frames * len(upsamplers) * len(args.resolutions), unit="frame", desc="davis") as progress:
         for name in upsamplers:
-            features = feature_function(spec.name, name, lift=args.lift, random_init=args.random_init,
-                                        backbone_weights=args.backbone_weights, rc=args.rc, seed=args.seed,
-                                        backend=args.backend, device=device, precision=args.precision)
-            row = "rc (untrained)" if name == "rc" and args.rc is None else name
+            features = source.features(name)
+            row = source.row_label(name)
             scores[row] = {metric: {} for metric in METRICS}
             per_object[row] = {}
             for size in args.resolutions:
@@ -221,16 +167,14 @@ def run_cli(args: argparse.Namespace) -> int:
                     scores[row][metric][size] = 100.0 * value
                 per_object[row][size] = {obj: {m: 100.0 * v for m, v in values.items()}
                                          for r in results for obj, values in r.per_object().items()}
-    weights = "random init" if args.random_init else "pretrained"
     objects = sum(s.objects for s in sequences)
     print(f"DAVIS-2017 {args.split}: {len(sequences)} sequences, {objects} objects, {frames} frames; "
-          f"{spec.name} ({weights}), backend {args.backend} {args.precision} on {device}; J / F / J&F means in %")
+          f"{spec.name} ({source.weights}), backend {source.backend} {source.precision} on {device}; J / F / J&F means in %")
     print(format_table(scores, list(METRICS), args.resolutions))
     if args.json is not None:
         write_json(args.json, {
             "command": "davis", "data": str(args.data), "split": args.split,
-            "sequences": [s.name for s in sequences], "backbone": spec.name, "weights": weights,
-            "backend": args.backend, "precision": args.precision, "device": str(device),
+            "sequences": [s.name for s in sequences], **source.settings(),
             "protocol": {**asdict(settings), "boundary_tolerance": BOUNDARY_TOLERANCE, "frame_resize": "bicubic",
                          "scored_frames": "all but the first and the last"},
             "units": "percent", "scores": scores, "per_object": per_object,

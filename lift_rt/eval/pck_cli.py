@@ -18,14 +18,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from lift_rt.backbones import check_resolution, get_spec
-from lift_rt.backends import build_backend
 from lift_rt.arguments import check_writable
 from lift_rt.cli import add_feature_arguments, non_negative_int, positive_float
-from lift_rt.devices import device_arg
-from lift_rt.engine import PIPELINE_UPSAMPLERS, build_pipeline
+from lift_rt.eval.methods import FeatureSource
 from lift_rt.eval.pairs import PROTOCOLS, KeypointPair
 from lift_rt.eval.pck import ALPHAS, AVERAGES, pck
 from lift_rt.eval.report import format_table, write_json
@@ -39,14 +34,6 @@ DEFAULT_PAIRS = {"spair": 100, "synthetic": 20}
 
 def metric_name(alpha: float) -> str:
     return f"PCK@{alpha:g}"
-
-
-def check_upsampler(backbone: str, upsampler: str, *, lift: str | None, random_init: bool) -> None:
-    """Raise unless ``upsampler`` is known and, for LiFT, has weights or ``--random-init``."""
-    if upsampler not in PIPELINE_UPSAMPLERS:
-        raise ValueError(f"unknown upsampler {upsampler!r}; choose one of {', '.join(PIPELINE_UPSAMPLERS)}")
-    if upsampler == "lift" and lift is None and not random_init:
-        raise ValueError(f"upsampler lift needs --lift CKPT (the authors' {get_spec(backbone).lift_file}) or --random-init")
 
 
 def load_dataset(spec: str, *, per_category: int | None, split: str = "test", seed: int = 0) -> list[KeypointPair]:
@@ -75,23 +62,12 @@ def pairs_arg(text: str) -> int | str:
     return value
 
 
-def int_list(text: str) -> list[int]:
-    """argparse type: comma-separated integers."""
-    try:
-        return [int(v) for v in text.split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def add_parser(subparsers) -> None:
     """Register ``pck`` on the ``python -m lift_rt.eval`` dispatcher."""
     p = subparsers.add_parser("pck", help="keypoint-transfer PCK (supplemental Table 1 layout)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
-    add("--backbone", default="dino_s8", help="registry backbone (default dino_s8)")
-    add("--upsampler", default="lift", help=f"comma-separated, from {', '.join(PIPELINE_UPSAMPLERS)} (default lift)")
-    add("--resolutions", type=int_list, default=[56, 112, 224, 448],
-        help="evaluation sizes S, multiples of the patch (default 56,112,224,448)")
+    add_feature_arguments(p, upsamplers="lift", resolutions=[56, 112, 224, 448])
     add("--protocol", default="authors", choices=tuple(PROTOCOLS),
         help="keypoint conventions: " + "; ".join(f"{name}: {text}" for name, text in PROTOCOLS.items())
              + " (default authors)")
@@ -103,11 +79,8 @@ def add_parser(subparsers) -> None:
         help="pairs per category drawn with replacement (numpy default_rng(--seed), categories in sorted order), or 'all': "
              f"every pair of the split once, SPair only (default: {DEFAULT_PAIRS['spair']} for SPair, "
              f"{DEFAULT_PAIRS['synthetic']} synthetic)")
-    add("--seed", type=int, default=0, help="draws the pairs (and random weights with --random-init); default 0")
-    add("--lift", default=None, help="LiFT checkpoint")
-    add("--rc", default=None, metavar="CKPT", help="trained resize-conv for the rc row (lift_rt.train --upsampler rc); "
-        "without it rc is evaluated untrained (identity-initialised: nearest) and labelled so")
-    add_feature_arguments(p)
+    add("--seed", type=int, default=None, help="draws the pairs (default 0) and, with --random-init, the random weights "
+        "(default: the LiFT checkpoint's training seed, else 0)")
     add("--iterations", type=int, default=1, help="LiFT applications for the lift row: 1 = 2x, 2 = 4x (default 1)")
     add("--matcher", default="auto", choices=("auto", "torch", "cpp"),
         help="nearest-neighbour search: cpp (lift_rt.matching), torch (the pure-PyTorch reference); auto = cpp")
@@ -125,50 +98,33 @@ def run_cli(args: argparse.Namespace) -> int:
     """The ``pck`` command: print the table (bad inputs raise; the dispatcher prints them)."""
     if args.json:
         check_writable(args.json, "--json")
-    spec = get_spec(args.backbone)
-    if not args.resolutions:
-        raise ValueError("--resolutions names no size; e.g. --resolutions 112,224")
-    for size in args.resolutions:
-        check_resolution(spec, size, size)
-    upsamplers = [u for u in args.upsampler.split(",") if u]
-    if not upsamplers:
-        raise ValueError(f"--upsampler names no upsampler; choose from {', '.join(PIPELINE_UPSAMPLERS)}")
-    for name in upsamplers:
-        check_upsampler(spec.name, name, lift=args.lift, random_init=args.random_init)
-    device = device_arg(args.device)
+    source = FeatureSource.from_args(args)
+    upsamplers = source.check_rows(args.upsampler, args.resolutions)
     dataset_kind = "spair" if args.dataset.startswith("spair:") else "synthetic"
     per_category = None if args.pairs == "all" else args.pairs or DEFAULT_PAIRS[dataset_kind]
-    pairs = load_dataset(args.dataset, per_category=per_category, split=args.split, seed=args.seed)
+    pairs = load_dataset(args.dataset, per_category=per_category, split=args.split, seed=args.seed or 0)
     scores: dict[str, dict[str, dict[int, float]]] = {}
     for name in upsamplers:
-        torch.manual_seed(args.seed)
-        pipeline = build_pipeline(
-            spec.name, args.lift, upsampler=name, rc=args.rc, random_init=args.random_init,
-            backbone_weights=args.backbone_weights, iterations=args.iterations,
-        )
-        backend, _ = build_backend(pipeline, args.backend, device=device, precision=args.precision)
-        row = "rc (untrained)" if name == "rc" and args.rc is None else name
+        backend = source.features(name)
+        row = source.row_label(name)
         scores[row] = {metric_name(alpha): {} for alpha in ALPHAS}
         for size in args.resolutions:
             results = evaluate_pairs(
-                pairs, backend, size, protocol=args.protocol, matcher=args.matcher, device=device,
+                pairs, backend, size, protocol=args.protocol, matcher=args.matcher, device=source.device,
                 mutual=args.mutual, soft_argmax=args.soft_argmax, window=args.window, progress=f"{row} {size}px",
             )
             for alpha, value in pck(results, ALPHAS, args.average).items():
                 scores[row][metric_name(alpha)][size] = value
-    weights = "random init" if args.random_init else "pretrained"
     categories = len({p.category for p in pairs})
     title = (f"PCK ({args.average} average, {args.protocol} protocol) on {args.dataset}: {len(pairs)} pairs, "
-             f"{categories} categories; {spec.name} ({weights}), backend {args.backend} {args.precision} on {device}")
+             f"{categories} categories; {source.backbone} ({source.weights}), backend {source.backend} {source.precision} on {source.device}")
     print(title)
     print(format_table(scores, [metric_name(alpha) for alpha in TABLE_ALPHAS], args.resolutions))
     if args.json:
         settings = {
-            "protocol": args.protocol, "pairs": args.pairs or per_category, "pairs_evaluated": len(pairs),
-            "categories": categories, "seed": args.seed, "dataset": args.dataset, "split": args.split,
-            "backbone": spec.name, "weights": weights, "lift": args.lift, "rc": args.rc,
-            "backbone_weights": args.backbone_weights, "iterations": args.iterations, "backend": args.backend,
-            "precision": args.precision, "device": str(device), "matcher": args.matcher, "average": args.average,
+            "protocol": args.protocol, "pairs": args.pairs or per_category, "pairs_seed": args.seed or 0, "pairs_evaluated": len(pairs),
+            "categories": categories, "dataset": args.dataset, "split": args.split, **source.settings(),
+            "matcher": args.matcher, "average": args.average,
             "mutual": args.mutual, "soft_argmax": args.soft_argmax, "window": args.window,
         }
         write_json(args.json, {"command": "pck", "title": title, "settings": settings, "scores": scores})
