@@ -54,7 +54,7 @@ def test_load_error_reason_keeps_one_line_and_drops_the_weights_only_advice():
 
 @pytest.mark.parametrize("command", [
     "lift_rt.train", "lift_rt.data sample", "lift_rt.eval", "lift_rt.eval fidelity", "lift_rt.eval pck",
-    "lift_rt.viz similarity", "lift_rt.export",
+    "lift_rt.eval davis", "lift_rt.eval corloc", "lift_rt.viz similarity", "lift_rt.export", "lift_rt.extract",
 ])
 def test_help_is_plain_text(command, capsys):
     """No reST double backticks in any command's --help."""
