@@ -1,16 +1,20 @@
 """Shared benchmark settings and helpers (fixtures are in conftest.py).
 
 CPU runs use CPU-sized cases (so ``pytest bench/ --benchmark-only`` fits a
-2-core machine); a CUDA device gets the full sizes.
+2-core machine); a CUDA device gets the full sizes. A benchmark's own JSON
+record goes to bench/results/ only when ``LIFT_BENCH_RECORD=1`` is set
+(:func:`write_record`); otherwise it is printed.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import platform
 import subprocess
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -30,6 +34,20 @@ COMPILE_ON_CPU = bool(os.environ.get("LIFT_BENCH_COMPILE_CPU"))
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = Path(ROOT) / "bench" / "results"
+
+
+def write_record(name: str, record: dict) -> Path | None:
+    """Write ``record`` as ``bench/results/<name>`` when ``LIFT_BENCH_RECORD=1``, so that a plain benchmark run
+    leaves the work tree alone; returns the path, or None (the record printed) when not asked."""
+    text = json.dumps(record, indent=1) + "\n"
+    if os.environ.get("LIFT_BENCH_RECORD") != "1":
+        print(f"\n{text}(not written: set LIFT_BENCH_RECORD=1 to keep it as bench/results/{name})")
+        return None
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / name
+    path.write_text(text)
+    return path
 
 
 def commit() -> str:

@@ -4,9 +4,9 @@ dino_s8 + LiFT (1 iteration) at 224 x 224, batch 1, fp32, random weights, 5 roun
 each. The issue's target: onnxruntime >= 1.2x eager, compared on the best round. Each
 backend's output is checked against eager fp32 (benchlib.PARITY_TOLERANCE) after its timing.
 The result (the speedups that set ``AUTO_ORDER_CPU`` in lift_rt/backends.py) is
-written to bench/results/export-cpu-<date>.json.
+printed, and written to bench/results/export-cpu-<date>.json with LIFT_BENCH_RECORD=1.
 
-    pytest bench/test_bench_backends_cpu.py --benchmark-only -s
+    LIFT_BENCH_RECORD=1 pytest bench/test_bench_backends_cpu.py --benchmark-only -s
 """
 
 from __future__ import annotations
@@ -14,19 +14,17 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-from benchlib import PARITY_TOLERANCE, commit, cpu_name, relative_error
+from benchlib import PARITY_TOLERANCE, commit, cpu_name, relative_error, write_record
 from lift_rt.engine import Engine
 
 BACKBONE, RESOLUTION, BATCH = "dino_s8", 224, 1
 # (backend, precision); bf16 shows what a CPU with AMX (bf16 matrix units) gains over fp32.
 # compile runs last: the OpenMP threads of its generated kernels slow whatever runs after them.
 CASES = (("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("compile", "fp32"))
-RESULTS = Path(__file__).parent / "results"
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +43,8 @@ def results(tmp_path_factory):
         # best round: the least disturbed by other work on a shared machine
         "speedup_vs_torch": {name: value["best"] / found["torch"]["best"] for name, value in found.items()},
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"export-cpu-{datetime.date.today():%Y%m%d}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"\n{json.dumps(record['speedup_vs_torch'])} -> {path}")
+    path = write_record(f"export-cpu-{datetime.date.today():%Y%m%d}.json", record)
+    print(f"\n{json.dumps(record['speedup_vs_torch'])} -> {path or 'printed above'}")
 
 
 def images() -> torch.Tensor:

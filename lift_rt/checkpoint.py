@@ -22,7 +22,7 @@ def save_lift(
 
     ``extra``: more metadata, string keys and values (``train`` records its layer, seed and steps here).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if not (isinstance(lift, torch.nn.Module) and isinstance(getattr(lift, "dim", None), int)):
         raise TypeError(f"save_lift writes a lift_rt.LiFT (or a trained upsampler of lift_rt.build_upsampler), "
@@ -52,7 +52,7 @@ def save_lift(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in lift.state_dict().items()}
-    save_file(state, str(path), metadata=metadata)
+    path.write_bytes(save(state, metadata=metadata))  # an ordinary file: mode 0666 less the umask, as torch.save's
     return path
 
 

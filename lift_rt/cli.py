@@ -3,11 +3,15 @@
 Each raises argparse.ArgumentTypeError with a one-line message, which argparse
 prints as ``<prog>: error: argument <flag>: <message>``. Checks shared with the
 Python API live in :mod:`lift_rt.arguments`, the device flag in :mod:`lift_rt.devices`.
+Also what every tool does with its help text (:func:`plain_text`) and with the
+library's log records (:func:`show_logs`).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 
 
 def _int_at_least(text: str, minimum: int, wanted: str) -> int:
@@ -69,3 +73,38 @@ def add_feature_arguments(parser: argparse.ArgumentParser, *, upsamplers: str, r
     add("--backend", default="torch", help="Engine backend for the features (default torch; auto picks the fastest)")
     add("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="feature precision (default fp32)")
     add("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+
+
+def plain_text(doc: str) -> str:
+    """A docstring as ``--help`` text: without reST's double backticks."""
+    return doc.replace("``", "")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+class _LineFormatter(logging.Formatter):
+    """``message`` for info, ``warning: message`` (error: ...) above it: one line per record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+def show_logs(level: int = logging.INFO) -> None:
+    """Print the ``lift_rt`` loggers' records of ``level`` and above on stderr, one line each (once per process)."""
+    root = logging.getLogger("lift_rt")
+    root.setLevel(level)
+    if not any(isinstance(handler, _StderrHandler) for handler in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_LineFormatter())
+        root.addHandler(handler)

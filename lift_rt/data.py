@@ -7,9 +7,13 @@ optionally applies the authors' colour jitter (torchvision's ColorJitter) as a p
 ``(seed, epoch, index)``, so a run is reproducible whatever the number of
 loader workers and a resumed run sees exactly the data it would have seen.
 
-Unreadable files are skipped with a warning: the sample is replaced by the next
-readable file and the number of skipped reads travels with the batch, so the
-training loop can count them across worker processes.
+Unreadable files are skipped: each is logged once (one line, ``logging``), its
+sample is replaced by the next readable file and flagged, so the training loop
+counts unreadable files (not failed reads) across worker processes and an
+evaluation leaves them out.
+
+:func:`folder_identity` fingerprints the files of a folder (names, sizes and
+modification times; no image is read), so that a resumed run can tell other data.
 
 ``python -m lift_rt.data sample DIR`` writes the small train / held-out image
 sets cut from scikit-image's bundled photos that the tests and the README's CPU
@@ -19,10 +23,12 @@ demo use.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import logging
 import os
 import sys
-import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +38,8 @@ from torchvision.transforms import ColorJitter
 from lift_rt.arguments import check_writable
 from lift_rt.cli import positive_int
 from lift_rt.preprocess import pil_to_rgb
+
+logger = logging.getLogger(__name__)
 
 MAX_SAMPLE_SIZE = 4096  # data sample crops (the shipped photos are far smaller: larger crops only upscale)
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -46,6 +54,44 @@ def find_images(root: str | os.PathLike) -> list[Path]:
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
     return files
+
+
+def folder_identity(root: str | os.PathLike, files: list[Path]) -> dict[str, Any]:
+    """What identifies the image ``files`` under ``root`` without reading them.
+
+    ``{"files": count, "names": ..., "sizes": ..., "mtimes": ...}``: SHA-256 digests (hex) over the
+    files in sorted order of their paths relative to ``root`` (so the folder may move), each digest
+    adding one field per file to the one before: the relative path; then the size in bytes; then
+    the modification time in nanoseconds. Comparing them in that order names what changed: other or
+    renamed files, files of other sizes, or files rewritten (or copied without their times).
+    """
+    root = Path(root)
+    entries = sorted((path.relative_to(root).as_posix(), path.stat()) for path in files)
+    identity: dict[str, Any] = {"files": len(entries)}
+    names, sizes, mtimes = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+    for name, stat in entries:
+        names.update(f"{name}\0".encode())
+        sizes.update(f"{name}\0{stat.st_size}\0".encode())
+        mtimes.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    identity.update(names=names.hexdigest(), sizes=sizes.hexdigest(), mtimes=mtimes.hexdigest())
+    return identity
+
+
+IDENTITY_CHANGES: dict[str, str] = {
+    "files": "another number of image files",
+    "names": "other file names (files added, removed or renamed)",
+    "sizes": "the same file names but files of other sizes (contents changed)",
+    "mtimes": "the same names and sizes but other modification times (files rewritten, or copied without their "
+              "times: cp -p and rsync -a keep them)",
+}
+
+
+def identity_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """How two :func:`folder_identity` values differ, in words (the first field that differs), or None."""
+    for key, change in IDENTITY_CHANGES.items():
+        if saved.get(key) != current.get(key):
+            return change
+    return None
 
 
 def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
@@ -88,7 +134,10 @@ class NoReadableImagesError(ValueError):
 
 
 class ImageFolder(torch.utils.data.Dataset):
-    """Every image under ``root``, as ``(3 x size x size float in [0, 1], skipped reads)``.
+    """Every image under ``root``, as ``(3 x size x size float in [0, 1], unreadable)``.
+
+    ``unreadable`` is 1 when the file at that index cannot be read (the image is then the next
+    readable file's, a stand-in that keeps batches full: leave it out of any evaluation), else 0.
 
     Args:
         root: folder tree of images (any depth; non-image files are ignored).
@@ -108,18 +157,20 @@ class ImageFolder(torch.utils.data.Dataset):
         self.jitter = jitter
         self.seed = seed
         self.epoch = 0
+        self._reported: set[int] = set()  # indices of unreadable files already logged
+
+    def identity(self) -> dict[str, Any]:
+        """:func:`folder_identity` of this data set's files."""
+        return folder_identity(self.root, self.files)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def require_readable(self) -> None:
         """Raise :class:`NoReadableImagesError` unless some file reads as an image (stops at the first that does)."""
-        for path in self.files:
-            try:
-                load_image(path, self.size)
+        for index in range(len(self.files)):
+            if self._read(index) is not None:
                 return
-            except Exception:  # PIL raises many types for corrupt or truncated files
-                continue
         raise NoReadableImagesError(
             f"no readable images under {self.root}: all {len(self.files)} image files found are unreadable"
         )
@@ -131,23 +182,32 @@ class ImageFolder(torch.utils.data.Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         """``index`` or ``(index, epoch)`` (a sampler's way to pick the epoch's jitter draws in
         persistent loader workers, which never see :meth:`set_epoch` calls) -> (``3 x size x size``
-        float image in [0, 1], files skipped as unreadable)."""
+        float image in [0, 1], 1 if file ``index`` is unreadable and the image a stand-in else 0)."""
         index, epoch = item if isinstance(item, tuple) else (item, self.epoch)
-        skipped = 0
-        for attempt in range(len(self.files)):
-            path = self.files[(index + attempt) % len(self.files)]
-            try:
-                image = load_image(path, self.size)
+        image = self._read(index)
+        unreadable = image is None
+        for attempt in range(1, len(self.files)):
+            if image is not None:
                 break
-            except Exception as exc:  # PIL raises many types for corrupt or truncated files
-                warnings.warn(f"skipping unreadable image {path}: {exc}", stacklevel=1)
-                skipped += 1
-        else:
+            image = self._read((index + attempt) % len(self.files))
+        if image is None:
             raise RuntimeError(f"none of the {len(self.files)} files under {self.root} could be read as an image")
         if self.jitter > 0:
             generator = torch.Generator().manual_seed(((self.seed * 1_000_003) + epoch) * 1_000_003 + index)
             image = color_jitter(image, self.jitter, generator)
-        return image, skipped
+        return image, int(unreadable)
+
+    def _read(self, index: int) -> torch.Tensor | None:
+        """File ``index`` as an image, or None when it cannot be read (logged once per file in this process)."""
+        path = self.files[index]
+        try:
+            return load_image(path, self.size)
+        except Exception as exc:  # PIL raises many types for corrupt or truncated files
+            if index not in self._reported:
+                self._reported.add(index)
+                reason = str(exc).strip().splitlines()[0].replace(f" '{path}'", "") if str(exc).strip() else type(exc).__name__
+                logger.warning("skipping unreadable image %s: %s", path, reason)
+            return None
 
 
 # scikit-image photos split by source, so held-out crops come from photos never trained on.
@@ -193,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--crops", type=positive_int, default=6, help="crops per source photo (default 6)")
     sample.add_argument("--size", type=positive_int, default=192,
                         help=f"crop side in pixels (default 192, at most {MAX_SAMPLE_SIZE})")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=int, default=0, help="seed of the random crop sides and positions (default 0)")
     args = parser.parse_args(argv)
     if args.size > MAX_SAMPLE_SIZE:  # a typo such as 100000 would need tens of GB per crop
         parser.error(f"argument --size: at most {MAX_SAMPLE_SIZE} pixels, got {args.size}")

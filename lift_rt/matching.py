@@ -298,8 +298,12 @@ def nearest(src: Tensor, tgt: Tensor, *, normalize: bool = True, mask: Optional[
     """Top-1 nearest target of each source row.
 
     src B x N x D and tgt B x M x D (or N x D and M x D), mask B x M bool of valid targets ->
-    index B x N (int64, -1 when no valid target) and similarity B x N (float32).
+    index B x N (int64) and similarity B x N (float32).
     Cosine similarity by default (``normalize=True``); dot product otherwise.
+
+    ``index`` is -1 where a source row has no match: no valid target, or a NaN in the row. Used
+    directly as an index, -1 picks the *last* target; keep ``valid = index >= 0`` and use
+    ``index.clamp_min(0)`` with it, e.g. ``tgt_points[index.clamp_min(0)][valid]``.
     """
     index, sim = topk(src, tgt, 1, normalize=normalize, mask=mask, eps=eps)
     return index[..., 0], sim[..., 0]

@@ -7,7 +7,8 @@ similarity of the point's descriptor with every position of: the backbone's
 features, those bilinearly upsampled 2x, the backbone run on the 2x-upsampled
 image, and LiFT. Each map is shown at its own resolution (nearest-neighbour
 enlarged), coloured with viridis from its minimum to its maximum. IMAGE is a
-file or ``skimage:NAME`` (a scikit-image bundled photo, e.g. ``skimage:chelsea``).
+file or ``skimage:NAME`` (a scikit-image bundled photo, e.g. ``skimage:chelsea``)
+at least one patch wide and high; the point must lie inside it.
 Drawing uses PIL only.
 """
 
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from lift_rt.arguments import check_writable
-from lift_rt.cli import positive_int
+from lift_rt.cli import plain_text, positive_int, show_logs
 from lift_rt.engine import build_pipeline
 from lift_rt.errors import first_line
 from lift_rt.eval.pairs import letterbox, load_rgb
@@ -148,8 +149,20 @@ def parse_point(text: str) -> tuple[float, float]:
     try:
         x, y = (float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--point must be X,Y in pixels, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be X,Y in pixels, got {text!r}") from None
     return x, y
+
+
+def _join_point(argv: list[str]) -> list[str]:
+    """``--point -5,10`` -> ``--point=-5,10``: argparse would take the negative X for an option (and then
+    the range check names the point)."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == "--point" and arg.startswith("-"):
+            joined[-1] = f"--point={arg}"
+        else:
+            joined.append(arg)
+    return joined
 
 
 def similarity_command(args: argparse.Namespace) -> int:
@@ -163,8 +176,12 @@ def similarity_command(args: argparse.Namespace) -> int:
     h, w = image.shape[:2]
     x, y = args.point
     if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
-        raise ValueError(f"--point {x:g},{y:g} lies outside the {w} x {h} image")
+        raise ValueError(f"--point {x:g},{y:g} lies outside the {w} x {h} image: the point must be inside it "
+                         f"(0 <= X <= {w - 1}, 0 <= Y <= {h - 1})")
     spec = get_spec(args.backbone)
+    if min(h, w) < spec.patch_size:  # as Engine, which refuses images smaller than a patch
+        raise ValueError(f"image {args.image} is {w} x {h} pixels, smaller than one {spec.patch_size}-pixel patch of "
+                         f"{spec.name}: use an image at least {spec.patch_size} pixels wide and high")
     check_resolution(spec, args.size, args.size)
     if args.lift is None and not args.random_init:
         raise ValueError(f"the LiFT panel needs weights: --lift CKPT (the authors' {spec.lift_file or 'checkpoint'} "
@@ -192,9 +209,11 @@ def similarity_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lift_rt.viz", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("similarity", help="self-similarity map grid for one point")
+    p = sub.add_parser("similarity", help="self-similarity map grid for one point", description=plain_text(__doc__),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", help="image file or skimage:NAME")
-    p.add_argument("--point", type=parse_point, required=True, help="X,Y in pixels of IMAGE")
+    p.add_argument("--point", type=parse_point, required=True,
+                   help="X,Y in pixels of IMAGE, inside it (0 <= X <= width - 1, 0 <= Y <= height - 1)")
     p.add_argument("--backbone", default="dino_s8", help="registry backbone (default dino_s8)")
     p.add_argument("--lift", default=None, help="LiFT checkpoint")
     p.add_argument("--backbone-weights", default=None, help="official backbone checkpoint (default: the timm / Hugging Face cache)")
@@ -205,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="seed of random weights (default: the checkpoint's backbone seed, else 0)")
     p.add_argument("--out", default="similarity.png", help="PNG to write (default similarity.png)")
     p.set_defaults(func=similarity_command)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_point(sys.argv[1:] if argv is None else list(argv)))
+    show_logs()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:  # bad inputs: a message, not a traceback

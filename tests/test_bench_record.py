@@ -142,3 +142,24 @@ def test_import_without_any_json_dates_the_record_from_machine_txt(session, tmp_
     rec = json.loads((results / "bench-nvidia-h200-2026-11-27.json").read_text())
     assert rec["date"].startswith("2026-11-27T10:00")
     assert [b["name"] for b in rec["benchmarks"]] == ["test_lift_head_gpu[tritonflat_bf16-224-1]"]
+
+
+def test_benchmark_records_are_written_only_when_asked(tmp_path, monkeypatch, capsys):
+    import benchlib
+
+    monkeypatch.setattr(benchlib, "RESULTS", tmp_path / "results")
+    monkeypatch.delenv("LIFT_BENCH_RECORD", raising=False)
+    assert benchlib.write_record("export-cpu-x.json", {"a": 1}) is None
+    assert not (tmp_path / "results").exists() and '"a": 1' in capsys.readouterr().out
+    monkeypatch.setenv("LIFT_BENCH_RECORD", "1")
+    path = benchlib.write_record("export-cpu-x.json", {"a": 1})
+    assert path == tmp_path / "results" / "export-cpu-x.json" and json.loads(path.read_text()) == {"a": 1}
+
+
+def test_skip_reasons_and_notes_stand_alone():
+    """Tests and benchmarks cite no notes that users do not have."""
+    private = ("platform" + "-facts", "lift" + "-facts", "../" + "shared/")
+    root = BENCH.parent
+    citing = [str(path.relative_to(root)) for folder in ("tests", "bench") for path in sorted((root / folder).rglob("*.py"))
+              if any(name in path.read_text(encoding="utf-8") for name in private)]
+    assert citing == []

@@ -1,5 +1,8 @@
 """LiFT checkpoints: safetensors round trip, the authors' .pth format, mismatches."""
 
+import os
+import stat
+
 import pytest
 import torch
 
@@ -151,3 +154,14 @@ def test_save_refuses_other_modules_and_non_string_metadata(tmp_path):
         save_lift(torch.nn.Conv2d(3, 3, 1), tmp_path / "x.safetensors", backbone="dino_s16", facet="key")
     with pytest.raises(TypeError, match="strings to strings"):
         save_lift(random_lift(), tmp_path / "x.safetensors", backbone="dino_s16", facet="key", extra={"epochs": 5})
+
+
+def test_checkpoint_and_resume_state_files_get_the_same_mode(tmp_path):
+    """Both are ordinary files, 0666 less the umask (safetensors' own writer made 0600 files)."""
+    old = os.umask(0o022)
+    try:
+        weights = save_lift(random_lift(), tmp_path / "lift.safetensors", backbone="dino_s16", facet="key")
+        torch.save({}, tmp_path / "state.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(weights.stat().st_mode) == stat.S_IMODE((tmp_path / "state.pt").stat().st_mode) == 0o644

@@ -50,3 +50,20 @@ def test_load_error_reason_keeps_one_line_and_drops_the_weights_only_advice():
     assert load_error_reason(advice) == "UnpicklingError"
     assert load_error_reason(RuntimeError("PytorchStreamReader failed\nline two")) == "RuntimeError: PytorchStreamReader failed"
     assert load_error_reason(EOFError()) == "EOFError"
+
+
+@pytest.mark.parametrize("command", [
+    "lift_rt.train", "lift_rt.data sample", "lift_rt.eval", "lift_rt.eval fidelity", "lift_rt.eval pck",
+    "lift_rt.eval davis", "lift_rt.eval corloc", "lift_rt.viz similarity", "lift_rt.export", "lift_rt.extract",
+])
+def test_help_is_plain_text(command, capsys):
+    """No reST double backticks in any command's --help."""
+    import importlib
+
+    module, *sub = command.split()
+    package = importlib.import_module(module)
+    main = (importlib.import_module(f"{module}.__main__") if hasattr(package, "__path__") else package).main
+    with pytest.raises(SystemExit) as exit_info:
+        main([*sub, "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "usage: python -m " in out and "``" not in out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+import os
 
 import numpy as np
 import pytest
@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from lift_rt.data import (
-    AUTHORS_JITTER, SAMPLE_SOURCES, ImageFolder, NoReadableImagesError, color_jitter, find_images, load_image, write_sample_images,
+    AUTHORS_JITTER, SAMPLE_SOURCES, ImageFolder, NoReadableImagesError, color_jitter, find_images, folder_identity,
+    identity_difference, load_image, write_sample_images,
 )
 from lift_rt.data import main as data_main
 
@@ -64,27 +65,45 @@ def test_load_image_keeps_content_of_a_constant_image(tmp_path):
     torch.testing.assert_close(image, expected)
 
 
-def test_unreadable_files_are_skipped_with_a_warning_and_counted(tree):
-    (tree / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+def test_unreadable_files_are_skipped_logged_once_and_counted_as_files(tree, caplog):
+    for name in ("broken.png", "broken2.png"):  # neighbours: each is tried as the other's stand-in
+        (tree / "sub" / name).write_bytes(b"\x89PNG\r\n\x1a\n not really")
     dataset = ImageFolder(tree, 16)
     broken = [p.name for p in dataset.files].index("broken.png")
-    with pytest.warns(UserWarning, match="skipping unreadable image .*broken.png"):
-        image, skipped = dataset[broken]
-    assert skipped == 1
-    torch.testing.assert_close(image, dataset[broken + 1][0])  # replaced by the next readable file
-    loader = torch.utils.data.DataLoader(dataset, batch_size=len(dataset))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        images, counts = next(iter(loader))
-    assert images.shape == (5, 3, 16, 16) and int(counts.sum()) == 1
+    with caplog.at_level("WARNING", logger="lift_rt.data"):
+        image, unreadable = dataset[broken]
+        assert unreadable == 1
+        torch.testing.assert_close(image, dataset[broken + 2][0])  # replaced by the next readable file
+        images, counts = next(iter(torch.utils.data.DataLoader(dataset, batch_size=len(dataset))))
+    assert images.shape == (6, 3, 16, 16) and counts.tolist() == [0, 0, 1, 1, 0, 0]  # 2 files, not 3 failed reads
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2 and all(m.startswith("skipping unreadable image ") and "\n" not in m for m in messages)
+    assert messages[0].endswith("broken.png: cannot identify image file")  # the path once, not twice
+
+
+def test_folder_identity_names_what_changed(tree, tmp_path_factory):
+    files = find_images(tree)
+    before = folder_identity(tree, files)
+    moved = tmp_path_factory.mktemp("moved")
+    for path in files:
+        target = moved / path.relative_to(tree)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+        os.utime(target, ns=(0, path.stat().st_mtime_ns))
+    assert folder_identity(moved, find_images(moved)) == before  # relative paths: the folder may move
+    assert before["files"] == 4 and identity_difference(before, before) is None
+    os.utime(files[0], ns=(0, files[0].stat().st_mtime_ns + 1))
+    assert "modification times" in identity_difference(before, folder_identity(tree, files))
+    files[1].write_bytes(files[1].read_bytes() + b"x")
+    assert "other sizes" in identity_difference(before, folder_identity(tree, files))
+    files[2].rename(files[2].with_name("renamed.png"))
+    assert "other file names" in identity_difference(before, folder_identity(tree, find_images(tree)))
 
 
 def test_all_files_unreadable_is_an_error(tmp_path):
     (tmp_path / "x.png").write_bytes(b"junk")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(RuntimeError, match="could be read"):
-            ImageFolder(tmp_path, 8)[0]
+    with pytest.raises(RuntimeError, match="could be read"):
+        ImageFolder(tmp_path, 8)[0]
 
 
 def test_bad_arguments(tree):
@@ -195,3 +214,10 @@ def test_sample_cli_root_that_cannot_be_a_folder_is_a_message(tmp_path, cli_erro
     assert "root " + str(tmp_path / "file") + " is a file, not a folder" in err
     err = cli_error(data_main, ["sample", str(tmp_path / "file" / "sub"), "--crops", "1", "--size", "32"])
     assert "is not a folder" in err
+
+
+def test_sample_cli_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        data_main(["sample", "--help"])
+    out = capsys.readouterr().out
+    assert "--seed SEED" in out and "seed of the random crop sides and positions (default 0)" in out

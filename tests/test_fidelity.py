@@ -188,3 +188,25 @@ def test_cli_garbage_lift_file_is_a_message_without_unsafe_advice(heldout, check
     err = cli_error(main, fidelity_args({"lift": garbage}, heldout))
     assert f"cannot read LiFT checkpoint {garbage}: not a valid checkpoint file" in err
     assert "weights_only" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_skips_unreadable_images_names_them_and_leaves_them_out(heldout, checkpoints, tmp_path, capsys):
+    """2 corrupt files among the 3 images: 3 evaluated, 2 named, the same scores as the 3 alone."""
+    args = ["fidelity", "--backbone", "dino_s16", "--lift", str(checkpoints["lift"]), "--random-init", "--batch", "2"]
+    assert main([*args, "--data", str(heldout), "--json", str(tmp_path / "clean.json")]) == 0
+    capsys.readouterr()
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for path in heldout.iterdir():
+        (mixed / path.name).write_bytes(path.read_bytes())
+    for name in ("0_bad.png", "1_bad.jpg"):  # sorted among the good ones: each replaced by a good neighbour
+        (mixed / name).write_bytes(b"not an image")
+    assert main([*args, "--data", str(mixed), "--json", str(tmp_path / "mixed.json")]) == 0
+    captured = capsys.readouterr()
+    assert f"3 images from {mixed} (2 unreadable skipped)" in captured.out
+    named = [line for line in captured.err.splitlines() if "unreadable image" in line]
+    assert len(named) == 2 and "0_bad.png" in named[0] and "1_bad.jpg" in named[1]
+    assert "fidelity: 100%" in captured.err  # the progress bar
+    clean = json.loads((tmp_path / "clean.json").read_text())["results"]
+    for name, result in json.loads((tmp_path / "mixed.json").read_text())["results"].items():
+        assert result["mean"] == pytest.approx(clean[name]["mean"], abs=1e-6), name

@@ -151,6 +151,18 @@ def test_nan_never_wins(device):
     assert torch.equal(index.cpu(), ref_index)
 
 
+def test_the_documented_mask_keeps_rows_without_a_match_out():
+    """A NaN row's index is -1, which would pick the last target: the docstring says so and gives the mask."""
+    src, tgt = randn(1, 5, 8, device="cpu", seed=3), randn(1, 7, 8, device="cpu", seed=4)
+    src[0, 1, 3] = float("nan")
+    index, _ = matching.nearest(src, tgt)
+    valid = index >= 0
+    assert valid.tolist() == [[True, False, True, True, True]]
+    points = torch.arange(7.0)
+    assert torch.equal(points[index.clamp_min(0)][valid], index[valid].float())
+    assert "valid = index >= 0" in matching.nearest.__doc__ and "last" in matching.nearest.__doc__
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("k", [1, 3])
 def test_minus_inf_scores_never_match(device, k):

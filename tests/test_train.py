@@ -278,6 +278,7 @@ def test_ctrl_c_saves_and_resume_finishes_the_same_run(straight, images, tmp_pat
     monkeypatch.setattr(Trainer, "step", original)
     Trainer(tiny_config(images, tmp_path, resume=str(path), **config)).fit()
     assert_same_run(straight / "epoch2.safetensors", tmp_path / "epoch2.safetensors")
+    assert not path.exists() and not sidecar_path(path).exists()  # superseded by the epoch checkpoints
 
 
 def copy_checkpoint(source: Path, folder: Path, name: str = "copy") -> Path:
@@ -300,12 +301,90 @@ def test_resume_refuses_other_data_and_mixed_files(straight, images, tmp_path):
     for path in sorted(images.iterdir())[:4]:
         (fewer / path.name).write_bytes(path.read_bytes())
     config = dict(use_image=False, loss="l1", epochs=3)
-    with pytest.raises(ValueError, match="trained on 8 images, --data .* holds 4"):
+    with pytest.raises(ValueError, match=r"another number of image files \(trained on 8 images, --data holds 4\)"):
         Trainer(tiny_config(fewer, tmp_path / "run", resume=str(straight / "epoch1.safetensors"), **config))
     mixed = copy_checkpoint(straight / "epoch2.safetensors", tmp_path / "mixed")  # step-4 weights ...
     sidecar_path(mixed).write_bytes(sidecar_path(straight / "epoch1.safetensors").read_bytes())  # ... step-2 state
     with pytest.raises(ValueError, match="weights are from step 4 but its resume state .* from step 2"):
         Trainer(tiny_config(images, tmp_path / "run", resume=str(mixed), **config))
+
+
+def copy_folder(source: Path, folder: Path) -> Path:
+    folder.mkdir()
+    for path in sorted(source.iterdir()):
+        (folder / path.name).write_bytes(path.read_bytes())
+        os.utime(folder / path.name, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))
+    return folder
+
+
+def one_image_eight_times(data: Path) -> None:
+    first = sorted(data.iterdir())[0].read_bytes()
+    for index, path in enumerate(sorted(data.iterdir())):
+        path.unlink()
+        (data / f"copy{index}.png").write_bytes(first)
+
+
+def append_a_byte(data: Path) -> None:
+    path = sorted(data.iterdir())[3]
+    stat = path.stat()
+    path.write_bytes(path.read_bytes() + b"\0")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.parametrize("change, named", [
+    (one_image_eight_times, "other file names"),  # the same number of images, other files
+    (append_a_byte, "files of other sizes"),
+    (lambda data: os.utime(sorted(data.iterdir())[5], ns=(0, 10**18)), "other modification times"),
+])
+def test_resume_refuses_other_data_of_the_same_size(straight, images, tmp_path, change, named):
+    data = copy_folder(images, tmp_path / "data")  # moved data with its times: still the same data
+    resume = dict(use_image=False, loss="l1", epochs=3, resume=str(straight / "epoch1.safetensors"))
+    Trainer(tiny_config(data, tmp_path / "same", **resume)).close()
+    change(data)
+    with pytest.raises(ValueError, match=f"is not the data the checkpoint was trained on: .*{named}.*trained on 8 images, --data holds 8"):
+        Trainer(tiny_config(data, tmp_path / "run", **resume))
+
+
+def test_resume_of_a_state_without_data_identity_warns(straight, images, tmp_path, caplog):
+    old = copy_checkpoint(straight / "epoch1.safetensors", tmp_path / "old")
+    state = torch.load(sidecar_path(old), weights_only=True)
+    del state["settings"]["data_identity"]  # as saved before data identities were recorded
+    torch.save(state, sidecar_path(old))
+    with caplog.at_level("WARNING", logger="lift_rt"):
+        Trainer(tiny_config(images, tmp_path / "run", use_image=False, loss="l1", resume=str(old))).close()
+    assert "predates data fingerprints; only its number of images (8) was checked" in caplog.text
+
+
+def test_cli_ctrl_c_during_set_up_is_one_line(images, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("lift_rt.train.loop.build_frozen_backbone", interrupted)
+    out = tmp_path / "run"
+    code = main(["--backbone", "dino_s16", "--random-init", "--data", str(images), "--out", str(out), "--no-progress"])
+    assert code == 130 and not out.exists()
+    assert capsys.readouterr().err == "python -m lift_rt.train: interrupted before training started, nothing saved\n"
+
+
+def test_cli_set_up_shows_its_stages_on_a_terminal(images, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    argv = ["--backbone", "dino_s16", "--random-init", "--layer", "0", "--imsize", "64", "--batch", "4", "--workers", "0",
+            "--max-steps", "1", "--data", str(images), "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "set-up:" in err and "backbone" in err and "images" in err and "epoch 1/5" in err
+
+
+def test_keeps_the_last_epochs_and_the_best(images, tmp_path):
+    Trainer(tiny_config(images, tmp_path, epochs=5, keep_last=2, lr=0.5)).fit()  # a large step: the loss wanders
+    means = {int(Path(e["path"]).stem.removeprefix("epoch")): e["mean_loss"] for e in read_log(tmp_path) if "mean_loss" in e}
+    best = min(means, key=means.get)
+    kept = sorted(int(p.stem.removeprefix("epoch")) for p in tmp_path.glob("epoch*.safetensors"))
+    assert kept == sorted({4, 5, best}) and len(means) == 5
+    assert sorted(p.name for p in tmp_path.glob("*.state.pt")) == sorted(f"epoch{e}.state.pt" for e in kept)
+    assert torch.load(sidecar_path(tmp_path / "epoch5.safetensors"), weights_only=True)["position"]["best_epoch"] == best
+    Trainer(tiny_config(images, tmp_path, epochs=6, keep_last=0, lr=0.5, resume=str(tmp_path / "epoch5.safetensors"))).fit()
+    assert sorted(int(p.stem.removeprefix("epoch")) for p in tmp_path.glob("epoch*.safetensors")) == sorted({*kept, 6})
 
 
 def test_resume_checks_settings_before_loading_weights(straight, images, tmp_path):
@@ -315,12 +394,14 @@ def test_resume_checks_settings_before_loading_weights(straight, images, tmp_pat
     assert "state_dict" not in str(info.value) and "Unexpected key" not in str(info.value)
 
 
-def test_resume_with_nothing_left_to_train_says_so(straight, images, tmp_path, capsys):
+def test_resume_with_nothing_left_to_train_says_so(straight, images, tmp_path, caplog):
     config = dict(use_image=False, loss="l1")
     for overrides in (dict(epochs=2), dict(epochs=5, max_steps=4)):  # at epoch 2 = --epochs; at step 4 = --max-steps
+        caplog.clear()
         trainer = Trainer(tiny_config(images, tmp_path / "run", resume=str(straight / "epoch2.safetensors"), **config, **overrides))
-        assert trainer.fit() is None
-        assert "nothing to train: the run is at" in capsys.readouterr().out
+        with caplog.at_level("INFO", logger="lift_rt"):
+            assert trainer.fit() is None
+        assert "nothing to train: the run is at" in caplog.text
     assert not list((tmp_path / "run").glob("*.safetensors"))
 
 
@@ -359,13 +440,18 @@ def test_cli_run_of_the_full_lift_counts_unreadable_files(images, tmp_path, caps
     data.mkdir()
     for path in sorted(images.iterdir())[:4]:
         (data / path.name).write_bytes(path.read_bytes())
-    (data / "broken.png").write_bytes(b"not a png")
+    for name in ("a_broken.png", "b_broken.png"):  # first in the order: each is also tried as the other's stand-in
+        (data / name).write_bytes(b"not a png")
     out = tmp_path / "run"
-    with pytest.warns(UserWarning, match="broken.png"):
-        code = main(["--backbone", "dino_s16", "--data", str(data), "--random-init", "--layer", "0", "--imsize", "64",
-                     "--batch", "5", "--max-steps", "1", "--workers", "0", "--color-jitter", "0.2", "--out", str(out)])
-    assert code == 0 and "saved" in capsys.readouterr().out
-    assert [e["skipped"] for e in read_log(out) if e["event"] == "step"] == [1]
+    code = main(["--backbone", "dino_s16", "--data", str(data), "--random-init", "--layer", "0", "--imsize", "64",
+                 "--batch", "6", "--max-steps", "1", "--workers", "0", "--color-jitter", "0.2", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0 and "saved" in captured.out
+    assert [e["skipped"] for e in read_log(out) if e["event"] == "step"] == [2]  # files, not failed reads (3)
+    # One line per file, through logging (no echo of a warnings.warn source line).
+    warned = [line for line in captured.err.splitlines() if "unreadable image" in line]
+    assert len(warned) == 2 and all(line.startswith("warning: skipping unreadable image ") for line in warned)
+    assert "_broken.png" in warned[0] and "warn(" not in captured.err
     lift = load_lift(out / "step1.safetensors", backbone="dino_s16")
     assert lift.use_image and lift.dim == get_spec("dino_s16").dim
 

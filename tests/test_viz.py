@@ -57,8 +57,13 @@ def test_cli_errors(tmp_path, capsys):
         (["skimage:chelsea", "--point", "5,10", "--random-init", "--out", str(tmp_path / "x.txt")],
          "PIL cannot write a .txt file"),
         (["skimage:chelsea", "--point", "5,10", "--random-init", "--out", str(tmp_path / "x")], "suffix-less"),
+        (["skimage:chelsea", "--point", "-5,10", "--random-init", "--out", str(tmp_path / "x.png")],
+         "--point -5,10 lies outside the 451 x 300 image: the point must be inside it (0 <= X <= 450, 0 <= Y <= 299)"),
+        ([str(tmp_path / "dot.png"), "--point", "0,0", "--random-init", "--out", str(tmp_path / "x.png")],
+         f"image {tmp_path / 'dot.png'} is 1 x 1 pixels, smaller than one 8-pixel patch of dino_s8"),
     ]
     (tmp_path / "notes.png").write_text("not an image")
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
     for args, message in cases:
         assert main(["similarity", *args]) == 2
         err = capsys.readouterr().err

@@ -10,11 +10,13 @@ import argparse
 import importlib
 import sys
 
+from lift_rt.cli import plain_text
+
 COMMAND_MODULES = ("lift_rt.eval.fidelity", "lift_rt.eval.pck_cli", "lift_rt.eval.davis", "lift_rt.eval.corloc")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lift_rt.eval", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lift_rt.eval", description=plain_text(__doc__.splitlines()[0]))
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         try:

@@ -5,7 +5,8 @@ For each held-out image (squashed to ``S x S``), the backbone sees the image at
 Each upsampler lifts the ``S/2`` features to the ``S`` grid; the score is the
 cosine similarity over channels with the backbone's ``S`` features, averaged
 over positions, then over images (mean and standard deviation over images).
-Higher is better; 1 is a perfect match.
+Higher is better; 1 is a perfect match. Unreadable files are skipped: named
+(one line each), counted in the title and left out of the mean.
 
 ``python -m lift_rt.eval fidelity --backbone dino_s16 --lift run/epoch5.safetensors --data heldout/``
 """
@@ -13,8 +14,10 @@ Higher is better; 1 is a perfect match.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
-from typing import Iterable
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -22,7 +25,7 @@ from torch import nn
 from lift_rt.backbones import FACETS, ViTFeatures, get_spec
 from lift_rt.checkpoint import read_lift_metadata, trained_backbone
 from lift_rt.arguments import check_writable
-from lift_rt.cli import non_negative_int, positive_int
+from lift_rt.cli import non_negative_int, plain_text, positive_int, show_logs
 from lift_rt.devices import device_arg
 from lift_rt.data import ImageFolder
 from lift_rt.eval.report import format_table, write_json
@@ -105,13 +108,17 @@ def run(args: argparse.Namespace) -> int:
             upsamplers["rc (untrained)"] = build_upsampler(name, spec.dim, spec.patch_size)
         else:
             upsamplers[name] = build_upsampler(name, spec.dim, spec.patch_size)
+    show_logs()  # one line per unreadable file
     dataset = ImageFolder(args.data, imsize)
     dataset.require_readable()
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, num_workers=args.workers)
-    results = evaluate_fidelity(backbone, upsamplers, (images for images, _ in loader), device)
+    unreadable: list[Path] = []
+    results = evaluate_fidelity(backbone, upsamplers, readable_batches(dataset, loader, unreadable), device)
     init = "random init" if settings["random_init"] else "pretrained"
+    skipped = f" ({len(unreadable)} unreadable skipped)" if unreadable else ""
     title = (
-        f"fidelity at 2x: {spec.name} ({facet}, layer {backbone.layer}, {init}), {len(dataset)} images from {args.data}: "
+        f"fidelity at 2x: {spec.name} ({facet}, layer {backbone.layer}, {init}), {len(dataset) - len(unreadable)} images "
+        f"from {args.data}{skipped}: "
         f"features of the {imsize // 2} px image lifted to the {imsize // spec.patch_size} x {imsize // spec.patch_size} "
         f"grid of the {imsize} px image"
     )
@@ -124,10 +131,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def readable_batches(dataset: ImageFolder, loader: torch.utils.data.DataLoader, unreadable: list[Path]) -> Iterator[torch.Tensor]:
+    """The readable images of ``loader``'s batches (in ``dataset`` order, with a progress bar); the files
+    that could not be read are appended to ``unreadable`` and left out (their stand-ins dropped)."""
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    start = 0
+    with logging_redirect_tqdm([logging.getLogger("lift_rt")]), tqdm(loader, desc="fidelity", unit="batch", dynamic_ncols=True) as bar:
+        for images, flags in bar:
+            bad = flags.bool()
+            unreadable.extend(dataset.files[start + i] for i in bad.nonzero().flatten().tolist())
+            start += len(flags)
+            if not bad.all():
+                yield images[~bad]
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "fidelity", help="mean cosine similarity of 2x-upsampled features with the backbone's own 2x features",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
     add("--backbone", required=True, help="registry backbone the LiFT was trained for")

@@ -10,18 +10,19 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from lift_rt.backbones import BACKBONES, FACETS
-from lift_rt.cli import non_negative_int
+from lift_rt.cli import non_negative_int, plain_text, show_logs
 from lift_rt.data import AUTHORS_JITTER
 from lift_rt.train.losses import LOSSES
-from lift_rt.train.loop import TrainConfig, train
+from lift_rt.train.loop import TrainConfig, Trainer
 from lift_rt.train.models import trainable_upsamplers
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lift_rt.train", description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m lift_rt.train", description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
     add("--backbone", required=True, choices=sorted(BACKBONES), help="frozen ViT whose features LiFT learns to lift")
@@ -45,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
              f"random order per image; 0 turns it off (default {AUTHORS_JITTER}: the paper's recipe, whose README "
              "trains with --augment, i.e. this jitter)")
     add("--out", default="runs/lift",
-        help="output folder: epochN.safetensors (+ .state.pt resume state) each epoch, interrupted.* on Ctrl-C, "
-             "log.jsonl (default runs/lift)")
+        help="output folder: epochN.safetensors (+ .state.pt resume state) each epoch, interrupted.* on Ctrl-C "
+             "(removed once a later checkpoint is saved), log.jsonl (default runs/lift)")
+    add("--keep-last", type=non_negative_int, default=2, metavar="N",
+        help="keep the last N epoch checkpoints and the best one (lowest mean loss over its steps); "
+             "0 keeps every epoch (default 2)")
     add("--resume", default=None, metavar="F",
         help="continue from checkpoint F = NAME.safetensors (its resume state NAME.state.pt must sit next to it)")
     weights = parser.add_mutually_exclusive_group()
@@ -70,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(**vars(args))
     except ValueError as exc:
         parser.error(str(exc))
+    show_logs()
     try:
-        path = train(config)
+        path = _run(config, parser.prog)
+    except KeyboardInterrupt:  # Ctrl-C during set-up (once training runs, Ctrl-C saves and returns)
+        print(f"{parser.prog}: interrupted before training started, nothing saved", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, FloatingPointError) as exc:  # bad data/weights, divergence: a message
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -88,6 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         print("continue with: " + shlex.join([parser.prog.split()[0], *parser.prog.split()[1:], *kept, "--resume", str(path)]))
         return 130
     return 0
+
+
+def _run(config: TrainConfig, prog: str) -> Path | None:
+    """Set up and train, log lines printed above the progress bars; a KeyboardInterrupt escapes from set-up only
+    (a second Ctrl-C during training stops at once: exit 130)."""
+    import logging
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm([logging.getLogger("lift_rt")]), Trainer(config) as trainer:
+        try:
+            return trainer.fit()
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted twice: stopped at once, nothing saved since the last checkpoint", file=sys.stderr)
+            raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

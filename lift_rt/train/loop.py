@@ -6,19 +6,27 @@ so the global batch of step t is the same whatever the number of processes.
 norms are synchronised across ranks (SyncBatchNorm), so several GPUs compute
 what one would, up to summation order; CPU (gloo) runs keep per-rank batch
 statistics, as PyTorch's SyncBatchNorm runs on GPUs only. Rank 0 alone
-writes the progress bar, the JSONL log and the checkpoints.
+writes the progress bars, the JSONL log and the checkpoints; messages go
+through ``logging`` (the command line shows them).
+
+Checkpoints: ``epochN`` after each epoch, of which the last ``keep_last`` and the
+best (lowest mean loss over its steps) stay; ``stepN`` at ``max_steps``.
 
 Interruption: SIGINT / SIGTERM set a flag; every rank sees it at the next step
 boundary (it travels with the all-reduced loss), the run saves
-``interrupted.safetensors`` and stops. A second Ctrl-C aborts at once.
+``interrupted.safetensors`` and stops (removed once a later checkpoint is
+saved). A second Ctrl-C aborts at once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,11 +40,15 @@ from torch import nn
 from lift_rt.backbones import get_spec
 from lift_rt.arguments import check_writable
 from lift_rt.devices import device_arg
-from lift_rt.data import AUTHORS_JITTER, ImageFolder, check_jitter
+from lift_rt.data import AUTHORS_JITTER, ImageFolder, check_jitter, identity_difference
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.train.losses import TwoScaleObjective, get_loss
 from lift_rt.train.models import build_frozen_backbone, build_trainable
-from lift_rt.train.state import Position, load_training_checkpoint, read_resume_state, save_training_checkpoint
+from lift_rt.train.state import (
+    Position, load_training_checkpoint, read_resume_state, remove_training_checkpoint, save_training_checkpoint,
+)
+
+logger = logging.getLogger(__name__)
 
 # Settings that define a run: a resume must use the same values.
 RUN_SETTINGS: tuple[str, ...] = (
@@ -69,6 +81,7 @@ class TrainConfig:
     device: str | None = None
     color_jitter: float = AUTHORS_JITTER
     max_steps: int | None = None
+    keep_last: int = 2
     amp: bool = True
     progress: bool = True
 
@@ -92,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ValueError(f"--max-steps must be positive, got {self.max_steps}")
+        if self.keep_last < 0:
+            raise ValueError(f"--keep-last must be >= 0 (0 keeps every epoch), got {self.keep_last}")
         check_jitter(self.color_jitter, "--color-jitter")
         if self.backbone_weights is not None and self.random_init:
             raise ValueError("pass either --backbone-weights or --random-init, not both")
@@ -231,24 +246,13 @@ class Trainer:
             raise ValueError(f"--out {self.out} already holds a run ({', '.join(p.name for p in earlier[:3])}"
                              f"{', ...' if len(earlier) > 3 else ''}): continue it with --resume {earlier[-1]}, "
                              "or choose another --out")
-        # Weights, resume file and settings are checked (by loading them) before the data.
-        backbone = build_frozen_backbone(
-            config.backbone, weights=config.backbone_weights, random_init=config.random_init,
-            facet=config.facet, layer=config.layer, seed=config.seed,
-        )
-        self.normaliser = LiftPipeline(backbone, lift=None).to(device)
-        torch.manual_seed(config.seed)
-        self.model = build_trainable(config.upsampler, config.backbone, use_image=config.use_image).to(device)
-        if env.active and device.type == "cuda":  # one set of batch statistics over the global batch
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.objective = TwoScaleObjective(self.model, self.normaliser.backbone, config.loss).train()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.position = Position()
-        resume_state = self._check_resume(config.resume) if config.resume else None
-        self.dataset = self._dataset()
-        if resume_state is not None:
-            self._check_resume_data(config.resume, resume_state)
-            self.position = load_training_checkpoint(config.resume, self.model, self.optimizer, resume_state)
+        # On a terminal only, and gone when done: error messages from set-up stay one line.
+        setup = _progress(3, 0, "set-up", enabled=config.progress and env.rank == 0 and sys.stderr.isatty(), unit="stage",
+                          leave=False)
+        try:
+            self._build_parts(setup)
+        finally:
+            setup.close()
         self.sampler = ShardSampler(len(self.dataset), env.rank, env.world, config.seed)
         self.loader: torch.utils.data.DataLoader | None = None
         self.steps_per_epoch = len(self.dataset) // env.world // self.per_rank
@@ -260,6 +264,35 @@ class Trainer:
         self.amp = config.amp and device.type == "cuda"
 
         self.stop_requested = False
+
+    def _build_parts(self, setup) -> None:
+        """The backbone, the upsampler and its optimizer, the data, the resume state; ``setup`` counts the stages."""
+        config, env, device = self.config, self.env, self.env.device
+        # Weights, resume file and settings are checked (by loading them) before the data.
+        setup.set_postfix_str("backbone")
+        backbone = build_frozen_backbone(
+            config.backbone, weights=config.backbone_weights, random_init=config.random_init,
+            facet=config.facet, layer=config.layer, seed=config.seed,
+        )
+        setup.update()
+        self.normaliser = LiftPipeline(backbone, lift=None).to(device)
+        torch.manual_seed(config.seed)
+        self.model = build_trainable(config.upsampler, config.backbone, use_image=config.use_image).to(device)
+        if env.active and device.type == "cuda":  # one set of batch statistics over the global batch
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.objective = TwoScaleObjective(self.model, self.normaliser.backbone, config.loss).train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.position = Position()
+        resume_state = self._check_resume(config.resume) if config.resume else None
+        setup.set_postfix_str("images")
+        self.dataset = self._dataset()
+        self.data_identity = self.dataset.identity()
+        setup.update()
+        setup.set_postfix_str("resume state")
+        if resume_state is not None:
+            self._check_resume_data(config.resume, resume_state)
+            self.position = load_training_checkpoint(config.resume, self.model, self.optimizer, resume_state)
+        setup.update()
 
     def _dataset(self) -> ImageFolder:
         """The training images: at least one readable, and at least one batch of files."""
@@ -273,8 +306,9 @@ class Trainer:
         return dataset
 
     def run_settings(self) -> dict[str, Any]:
-        """What a resume must match: the settings of :data:`RUN_SETTINGS` and the number of training images."""
-        return {**self.config.settings(), "data_images": len(self.dataset)}
+        """What a resume must match: the settings of :data:`RUN_SETTINGS`, the number of training images and
+        the data's :func:`lift_rt.data.folder_identity`."""
+        return {**self.config.settings(), "data_images": len(self.dataset), "data_identity": self.data_identity}
 
     def _check_resume(self, path: str) -> dict[str, Any]:
         """The resume state of ``path``, after checking its settings against this run's (before any weight is loaded)."""
@@ -289,16 +323,27 @@ class Trainer:
         return state
 
     def _check_resume_data(self, path: str, state: dict[str, Any]) -> None:
-        saved = state["settings"].get("data_images")
-        if saved is not None and saved != len(self.dataset):
-            raise ValueError(f"--resume {path}: the checkpoint was trained on {saved} images, --data {self.config.data} "
-                             f"holds {len(self.dataset)}; its position in the data would point into another shuffle")
+        """Refuse other data: other files, sizes or modification times than the checkpoint's (its
+        :func:`~lift_rt.data.folder_identity`). A state saved before identities were recorded is
+        checked by its number of images alone, with a warning."""
+        settings, data, count = state["settings"], self.config.data, len(self.dataset)
+        saved, identity = settings.get("data_images"), settings.get("data_identity")
+        difference = identity_difference(identity, self.data_identity) if identity is not None else None
+        if difference is None and saved is not None and saved != count:
+            difference = "another number of image files"
+        if difference is not None:
+            raise ValueError(f"--resume {path}: --data {data} is not the data the checkpoint was trained on: {difference} "
+                             f"(trained on {saved} images, --data holds {count}); resume with the same files, "
+                             "or start a new run with another --out")
+        if identity is None:
+            logger.warning("--resume %s: this checkpoint predates data fingerprints; only its number of images (%s) "
+                           "was checked against --data %s", path, saved, data)
 
     # ---- one step -------------------------------------------------------------------------
     def step(self, images: torch.Tensor, skipped: int = 0) -> torch.Tensor:
         """One optimisation step on this rank's ``B x 3 x S x S`` images in [0, 1].
 
-        ``skipped``: unreadable files met while loading them. Returns
+        ``skipped``: how many of the images stand in for unreadable files. Returns
         ``[total, loss_2x_half, loss_2x_quarter, skipped, stop]`` summed over ranks
         (divide the losses by the world size).
         """
@@ -368,18 +413,19 @@ class Trainer:
             done.append(f"step {pos.step} >= --max-steps {config.max_steps}")
         if done:
             if env.rank == 0:
-                print(f"nothing to train: the run is at {' and '.join(done)}", flush=True)
+                logger.info("nothing to train: the run is at %s", " and ".join(done))
             return None
         while pos.epoch < config.epochs:
             bar = _progress(self.steps_per_epoch, pos.batch, f"epoch {pos.epoch + 1}/{config.epochs}",
                             enabled=config.progress and env.rank == 0)
-            tick, rate, epoch_start, losses = time.perf_counter(), None, time.perf_counter(), []
+            tick, rate, epoch_start, steps = time.perf_counter(), None, time.perf_counter(), 0
             for images, skipped in self._loader(pos.epoch, pos.batch):
                 report = self.step(images, int(skipped.sum())).tolist()
                 pos.batch += 1
                 pos.step += 1
                 total, half, quarter = (value / env.world for value in report[:3])
                 pos.skipped += int(report[3])
+                pos.loss_sum += total
                 stop = report[4] > 0
                 now = time.perf_counter()
                 speed = config.batch / (now - tick)
@@ -388,7 +434,7 @@ class Trainer:
                 if log is not None:
                     self._log(log, event="step", step=pos.step, epoch=pos.epoch + 1, loss=total, loss_half=half,
                               loss_quarter=quarter, images_per_s=speed, skipped=pos.skipped)
-                losses.append(total)
+                steps += 1
                 extra = {"skipped": pos.skipped} if pos.skipped else {}
                 bar.set_postfix(loss=f"{total:.4f}", img_s=f"{rate:.1f}", **extra)
                 bar.update(1)
@@ -399,17 +445,34 @@ class Trainer:
                     bar.close()
                     return self._save(f"step{pos.step}", log)
             bar.close()
+            mean_loss = pos.loss_sum / max(pos.batch, 1)
             pos.epoch += 1
-            pos.batch = 0
-            last = self._save(f"epoch{pos.epoch}", log)
-            if env.rank == 0 and not config.progress and losses:  # without a bar, one line per epoch
+            if pos.best_loss is None or mean_loss < pos.best_loss:
+                pos.best_epoch, pos.best_loss = pos.epoch, mean_loss
+            pos.batch, pos.skipped, pos.loss_sum = 0, 0, 0.0
+            last = self._save(f"epoch{pos.epoch}", log, mean_loss=mean_loss)
+            if env.rank == 0:
+                self._prune()
+            if env.rank == 0 and not config.progress and steps:  # without a bar, one line per epoch
                 seconds = time.perf_counter() - epoch_start
-                print(f"epoch {pos.epoch}/{config.epochs}: mean loss {sum(losses) / len(losses):.4f} over {len(losses)} "
-                      f"steps, {len(losses) * config.batch / seconds:.1f} images/s, {seconds:.0f} s; saved {last}", flush=True)
+                logger.info("epoch %d/%d: mean loss %.4f, %.1f images/s, %.0f s; saved %s", pos.epoch, config.epochs,
+                            mean_loss, steps * config.batch / seconds, seconds, last)
         return last
 
-    def _save(self, tag: str, log, event: str = "checkpoint") -> Path | None:
-        """Rank 0 writes ``out/<tag>.safetensors`` (+ sidecar); all ranks wait for it."""
+    def _prune(self) -> None:
+        """Keep the last ``keep_last`` epoch checkpoints up to this epoch and the best one (0: keep all)."""
+        keep_last, pos = self.config.keep_last, self.position
+        if not keep_last:
+            return
+        numbered = (re.fullmatch(r"epoch(\d+)\.safetensors", path.name) for path in self.out.iterdir())
+        epochs = sorted(int(match.group(1)) for match in numbered if match and int(match.group(1)) <= pos.epoch)
+        for epoch in epochs[:-keep_last]:
+            if epoch != pos.best_epoch:
+                remove_training_checkpoint(self.out / f"epoch{epoch}.safetensors")
+
+    def _save(self, tag: str, log, event: str = "checkpoint", **entry: Any) -> Path | None:
+        """Rank 0 writes ``out/<tag>.safetensors`` (+ sidecar; any other save removes ``interrupted.*``,
+        which it supersedes) and logs ``entry`` with it; all ranks wait for it."""
         path = None
         if self.env.rank == 0:
             config = self.config
@@ -419,7 +482,9 @@ class Trainer:
             }
             path = save_training_checkpoint(self.out / f"{tag}.safetensors", self.model, self.optimizer,
                                             self.position, self.run_settings(), meta)
-            self._log(log, event=event, path=str(path), step=self.position.step, skipped=self.position.skipped)
+            if tag != "interrupted":
+                remove_training_checkpoint(self.out / "interrupted.safetensors")
+            self._log(log, event=event, path=str(path), step=self.position.step, **entry)
         if self.env.active:
             dist.barrier()
         return path
@@ -431,10 +496,10 @@ class Trainer:
             log.flush()
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
+def _progress(total: int, initial: int, desc: str, enabled: bool, unit: str = "step", leave: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=leave)
 
 
 def train(config: TrainConfig) -> Path | None:

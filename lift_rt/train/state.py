@@ -33,12 +33,16 @@ def sidecar_path(weights: str | os.PathLike) -> Path:
 @dataclass
 class Position:
     """Where a run stands: ``epoch`` (0-based, in progress), ``batch`` (batches done in it), ``step`` (global),
-    ``skipped`` (unreadable image files met so far, all ranks)."""
+    ``skipped`` (unreadable image files met in this epoch, all ranks), ``loss_sum`` (sum of this epoch's step
+    losses), ``best_epoch`` / ``best_loss`` (the finished epoch of lowest mean step loss, 0 / None before one)."""
 
     epoch: int = 0
     batch: int = 0
     step: int = 0
     skipped: int = 0
+    loss_sum: float = 0.0
+    best_epoch: int = 0
+    best_loss: float | None = None
 
 
 def rng_states() -> dict[str, Any]:
@@ -89,6 +93,12 @@ def save_training_checkpoint(
     os.replace(sidecar_tmp, sidecar_path(path))
     os.replace(weights_tmp, path)
     return path
+
+
+def remove_training_checkpoint(path: str | os.PathLike) -> None:
+    """Delete checkpoint ``path`` and its sidecar (the weights first: a lone sidecar is never taken for a checkpoint)."""
+    Path(path).unlink(missing_ok=True)
+    sidecar_path(path).unlink(missing_ok=True)
 
 
 def read_resume_state(path: str | os.PathLike) -> dict[str, Any]:
