@@ -3,7 +3,7 @@
 dino_s8 + LiFT (1 iteration) at 224 x 224, batch 1, fp32, random weights, 5 rounds
 each. The issue's target: onnxruntime >= 1.2x eager, compared on the best round. Each
 backend's output is checked against eager fp32 (benchlib.PARITY_TOLERANCE) after its timing.
-The result (the speedups that set ``AUTO_ORDER_CPU`` in lift_rt/backends.py) is
+The result (the speedups that set ``AUTO_ORDER_CPU`` in lift_rt/backends/__init__.py) is
 printed, and written to bench/results/export-cpu-<date>.json with LIFT_BENCH_RECORD=1.
 
     LIFT_BENCH_RECORD=1 pytest bench/test_bench_backends_cpu.py --benchmark-only -s

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 from lift_rt.arguments import check_writable
 from lift_rt.backbones import BACKBONES, WeightsNotFoundError, check_layer, check_resolution, get_spec
-from lift_rt.cli import positive_float
+from lift_rt.cli import positive_float, show_logs
 from lift_rt.engine import build_pipeline
 from lift_rt.errors import first_line
 from lift_rt.pipeline import LiftPipeline
@@ -46,7 +43,6 @@ exit status:
      ONNX graph was written, the summary of what was written comes first
 """
 # Indents the library's log lines (exports, cache hits, removals) under the step they belong to.
-LOG_INDENT = "      "
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -116,22 +112,6 @@ def size(path: Path) -> str:
     return f"{path.stat().st_size / 2**20:.1f} MiB"
 
 
-@contextlib.contextmanager
-def show_logs() -> Iterator[None]:
-    """Print the ``lift_rt`` loggers' INFO and above on stdout, indented, while the command runs."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter(LOG_INDENT + "%(message)s"))
-    root = logging.getLogger("lift_rt")
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-
-
 def error(parser: argparse.ArgumentParser, message: str) -> int:
     """Print ``<prog>: error: message`` on stderr; the exit status of an error."""
     print(f"{parser.prog}: error: {message}", file=sys.stderr)
@@ -142,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     validate(parser, args)
-    with show_logs():
-        return run(parser, args, sys.argv[1:] if argv is None else argv)
+    show_logs()
+    return run(parser, args, sys.argv[1:] if argv is None else argv)
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:

@@ -14,6 +14,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl  # noqa: F401  (the interpreter wants tl visible to every jit function of a module)
 from triton import knobs
 
 INTERPRET: bool = bool(knobs.runtime.interpret)

@@ -14,6 +14,7 @@ tests check numbers; bench/ times the autotuned kernels).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 
@@ -22,8 +23,9 @@ import torch
 
 from lift_rt.model import LiFT
 
-pytest.importorskip("triton", reason="Triton is not installed (PyPI's torch brings it on Linux; with CPU-only torch "
-                    "wheels, pip install triton)")
+if importlib.util.find_spec("triton") is None:  # not importorskip: triton must not be imported before TRITON_INTERPRET is set
+    pytest.skip("Triton is not installed (PyPI's torch brings it on Linux; with CPU-only torch wheels, pip install triton)",
+                allow_module_level=True)
 
 GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if GPU else "cpu")

@@ -41,6 +41,16 @@ def write_images(folder: Path, count: int = 24) -> None:
             Image.fromarray(pixels).save(target, quality=95)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The subprocess runs use one thread (OMP_NUM_THREADS=1); the in-process ones here too, so that outputs
+    compared bit for bit come from the same arithmetic (GEMM blocking differs with the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("images")

@@ -132,3 +132,15 @@ def test_each_backend_is_one_file_in_the_backends_package():
     for name, cls in BACKENDS.items():
         assert cls.__module__.startswith("lift_rt.backends."), (name, cls.__module__)
     assert len({cls.__module__ for cls in BACKENDS.values()}) == len(BACKENDS)
+
+
+def test_the_library_is_quiet_unless_logging_is_configured():
+    import subprocess
+    import sys
+
+    code = "import logging, lift_rt; logging.getLogger('lift_rt.data').warning('skipping x.jpg')"
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert quiet.stderr == ""
+    shown = subprocess.run([sys.executable, "-c", "import logging; logging.basicConfig(); " + code],
+                           capture_output=True, text=True, check=True)
+    assert "skipping x.jpg" in shown.stderr

@@ -359,7 +359,7 @@ def test_cli_ctrl_c_during_set_up_is_one_line(images, tmp_path, monkeypatch, cap
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("lift_rt.train.loop.build_frozen_backbone", interrupted)
+    monkeypatch.setattr("lift_rt.train.loop.build_backbone", interrupted)
     out = tmp_path / "run"
     code = main(["--backbone", "dino_s16", "--random-init", "--data", str(images), "--out", str(out), "--no-progress"])
     assert code == 130 and not out.exists()
@@ -607,3 +607,18 @@ def test_persistent_workers_see_each_epochs_jitter(images):
         dataset.set_epoch(epoch)
         torch.testing.assert_close(batches[epoch], torch.stack([dataset[i][0] for i in order]), rtol=0, atol=0)
     assert not torch.equal(batches[0], batches[1])
+
+
+def test_command_line_defaults_are_the_configs():
+    """Every TrainConfig field is a flag, and argparse's defaults are the dataclass's (one source of truth)."""
+    import dataclasses
+
+    from lift_rt.train.__main__ import build_parser
+    from lift_rt.train.loop import train_defaults
+
+    parser = build_parser()
+    dests = {action.dest for action in parser._actions if action.dest != "help"}
+    assert dests == {f.name for f in dataclasses.fields(TrainConfig)}
+    parsed = vars(parser.parse_args(["--backbone", "dino_s16", "--data", "x"]))
+    assert {k: parsed[k] for k in train_defaults()} == train_defaults()
+    assert train_defaults()["epochs"] == 5 and train_defaults()["lr"] == 1e-3  # the paper's recipe

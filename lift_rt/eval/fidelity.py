@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from lift_rt.backbones import FACETS, ViTFeatures, get_spec
+from lift_rt.backbones import FACETS, ViTFeatures, build_backbone, get_spec
 from lift_rt.checkpoint import read_lift_metadata, trained_backbone
 from lift_rt.arguments import check_writable
 from lift_rt.cli import non_negative_int, plain_text, positive_int, show_logs
@@ -31,7 +31,7 @@ from lift_rt.data import ImageFolder
 from lift_rt.eval.report import format_table, write_json
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.train.losses import feature_pyramid
-from lift_rt.train.models import build_frozen_backbone, load_upsampler
+from lift_rt.train.models import load_upsampler
 from lift_rt.upsamplers import build_upsampler
 
 BASELINES: tuple[str, ...] = ("bilinear", "rc", "jbu", "nearest")
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     imsize = args.imsize if args.imsize is not None else int(meta.get("imsize", 448))
     if imsize <= 0 or imsize % (2 * spec.patch_size):
         raise ValueError(f"--imsize {imsize} must be a multiple of 2 x patch = {2 * spec.patch_size}")
-    backbone = build_frozen_backbone(spec.name, **settings)
+    backbone = build_backbone(spec.name, **settings).requires_grad_(False)
     upsamplers: dict[str, nn.Module] = {meta.get("upsampler", "lift"): lift}
     for name in BASELINES:
         if name in upsamplers:

@@ -8,11 +8,11 @@ one process or many (``torchrun``); :mod:`lift_rt.train.state` saves and resumes
 
 from lift_rt.train.losses import LOSSES, TwoScaleObjective, cosine_loss, feature_pyramid, mean_cosine, two_scale_loss
 from lift_rt.train.loop import TrainConfig, Trainer, default_batch, train
-from lift_rt.train.models import build_frozen_backbone, build_trainable, load_upsampler
+from lift_rt.train.models import build_trainable, load_upsampler
 from lift_rt.train.state import load_training_checkpoint, save_training_checkpoint, sidecar_path
 
 __all__ = [
-    "LOSSES", "TrainConfig", "Trainer", "TwoScaleObjective", "build_frozen_backbone", "build_trainable",
+    "LOSSES", "TrainConfig", "Trainer", "TwoScaleObjective", "build_trainable",
     "cosine_loss", "default_batch", "feature_pyramid", "load_training_checkpoint", "load_upsampler",
     "mean_cosine", "save_training_checkpoint", "sidecar_path", "train", "two_scale_loss",
 ]

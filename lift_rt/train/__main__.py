@@ -14,9 +14,8 @@ from pathlib import Path
 
 from lift_rt.backbones import BACKBONES, FACETS
 from lift_rt.cli import non_negative_int, plain_text, show_logs
-from lift_rt.data import AUTHORS_JITTER
 from lift_rt.train.losses import LOSSES
-from lift_rt.train.loop import TrainConfig, Trainer
+from lift_rt.train.loop import TrainConfig, Trainer, train_defaults
 from lift_rt.train.models import trainable_upsamplers
 
 
@@ -27,43 +26,45 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--backbone", required=True, choices=sorted(BACKBONES), help="frozen ViT whose features LiFT learns to lift")
     add("--data", required=True, help="folder tree of images (any depth; unreadable files are skipped and counted)")
-    add("--facet", choices=FACETS, default=None, help="backbone feature: key (default), query, value or token")
-    add("--layer", type=int, default=None, help="block the features come from, 0-based (default: the last)")
-    add("--upsampler", choices=trainable_upsamplers(), default="lift",
+    add("--facet", choices=FACETS, help="backbone feature: key (default), query, value or token")
+    add("--layer", type=int, help="block the features come from, 0-based (default: the last)")
+    add("--upsampler", choices=trainable_upsamplers(),
         help="what to train: lift (default) or rc (the resize-conv baseline, same loop and loss)")
     add("--no-image", dest="use_image", action="store_false",
         help="'No Img.' ablation: LiFT without its image branch, seeing the features alone")
-    add("--loss", choices=sorted(LOSSES), default="cos",
-        help="cos: mean over positions of 1 - cosine similarity (the paper's); l1 / l2: ablations")
-    add("--epochs", type=int, default=5, help="passes over the data (default 5)")
-    add("--batch", type=int, default=None,
+    add("--loss", choices=sorted(LOSSES),
+        help="cos: mean over positions of 1 - cosine similarity (the paper's); l1 / l2: ablations (default %(default)s)")
+    add("--epochs", type=int, help="passes over the data (default %(default)s)")
+    add("--batch", type=int,
         help="global batch size, split over torchrun processes (default: 256 for /16 backbones, 64 for /8)")
-    add("--lr", type=float, default=1e-3, help="Adam learning rate, constant, no weight decay (default 1e-3)")
-    add("--imsize", type=int, default=448,
-        help="images are squashed to imsize x imsize; the loss uses them at 1, 1/2 and 1/4 of it (default 448)")
-    add("--color-jitter", type=float, default=AUTHORS_JITTER, metavar="S",
+    add("--lr", type=float, help="Adam learning rate, constant, no weight decay (default %(default)s)")
+    add("--imsize", type=int,
+        help="images are squashed to imsize x imsize; the loss uses them at 1, 1/2 and 1/4 of it (default %(default)s)")
+    add("--color-jitter", type=float, metavar="S",
         help="colour jitter as torchvision's ColorJitter(brightness=S, contrast=S, saturation=S, hue=S), the four in a "
-             f"random order per image; 0 turns it off (default {AUTHORS_JITTER}: the paper's recipe, whose README "
+             "random order per image; 0 turns it off (default %(default)s: the paper's recipe, whose README "
              "trains with --augment, i.e. this jitter)")
-    add("--out", default="runs/lift",
+    add("--out",
         help="output folder: epochN.safetensors (+ .state.pt resume state) each epoch, interrupted.* on Ctrl-C "
-             "(removed once a later checkpoint is saved), log.jsonl (default runs/lift)")
-    add("--keep-last", type=non_negative_int, default=2, metavar="N",
+             "(removed once a later checkpoint is saved), log.jsonl (default %(default)s)")
+    add("--keep-last", type=non_negative_int, metavar="N",
         help="keep the last N epoch checkpoints and the best one (lowest mean loss over its steps); "
-             "0 keeps every epoch (default 2)")
-    add("--resume", default=None, metavar="F",
+             "0 keeps every epoch (default %(default)s)")
+    add("--resume", metavar="F",
         help="continue from checkpoint F = NAME.safetensors (its resume state NAME.state.pt must sit next to it)")
     weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--backbone-weights", default=None, metavar="F",
+    weights.add_argument("--backbone-weights", metavar="F",
                          help="the backbone's official checkpoint file (default: the Hugging Face cache)")
     weights.add_argument("--random-init", action="store_true",
                          help="randomly initialised backbone, drawn from --seed (for tests and demos)")
-    add("--workers", type=non_negative_int, default=4, help="data-loading processes per training process (default 4)")
-    add("--seed", type=int, default=0, help="seeds LiFT's init, the data order, the jitter and a random backbone")
-    add("--device", default=None, help="cpu, cuda or cuda:N (default: this process's GPU if any, else cpu)")
-    add("--max-steps", type=int, default=None, help="stop after this many steps in all (saves stepN.safetensors)")
+    add("--workers", type=non_negative_int, help="data-loading processes per training process (default %(default)s)")
+    add("--seed", type=int,
+        help="seeds LiFT's init, the data order, the jitter and a random backbone (default %(default)s)")
+    add("--device", help="cpu, cuda or cuda:N (default: this process's GPU if any, else cpu)")
+    add("--max-steps", type=int, help="stop after this many steps in all (saves stepN.safetensors)")
     add("--no-amp", dest="amp", action="store_false", help="on GPU, train in fp32 instead of bf16 autocast")
     add("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.set_defaults(**train_defaults())  # every default lives in TrainConfig alone
     return parser
 
 

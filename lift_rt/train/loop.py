@@ -29,7 +29,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,13 +37,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lift_rt.backbones import get_spec
+from lift_rt.backbones import build_backbone, get_spec
 from lift_rt.arguments import check_writable
 from lift_rt.devices import device_arg
 from lift_rt.data import AUTHORS_JITTER, ImageFolder, check_jitter, identity_difference
 from lift_rt.pipeline import LiftPipeline
 from lift_rt.train.losses import TwoScaleObjective, get_loss
-from lift_rt.train.models import build_frozen_backbone, build_trainable
+from lift_rt.train.models import build_trainable
 from lift_rt.train.state import (
     Position, load_training_checkpoint, read_resume_state, remove_training_checkpoint, save_training_checkpoint,
 )
@@ -117,6 +117,11 @@ class TrainConfig:
 
     def settings(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in RUN_SETTINGS}
+
+
+def train_defaults() -> dict[str, Any]:
+    """``{field: default}`` of every :class:`TrainConfig` field that has one (the command line's defaults)."""
+    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
 
 
 def default_batch(patch_size: int) -> int:
@@ -270,10 +275,10 @@ class Trainer:
         config, env, device = self.config, self.env, self.env.device
         # Weights, resume file and settings are checked (by loading them) before the data.
         setup.set_postfix_str("backbone")
-        backbone = build_frozen_backbone(
+        backbone = build_backbone(
             config.backbone, weights=config.backbone_weights, random_init=config.random_init,
             facet=config.facet, layer=config.layer, seed=config.seed,
-        )
+        ).requires_grad_(False)  # frozen (build_backbone returns it in eval mode)
         setup.update()
         self.normaliser = LiftPipeline(backbone, lift=None).to(device)
         torch.manual_seed(config.seed)

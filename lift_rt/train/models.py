@@ -1,4 +1,4 @@
-"""The two networks of a training run: the frozen backbone and the trainable upsampler.
+"""The trainable upsampler of a training run (the frozen backbone is :func:`lift_rt.backbones.build_backbone`'s).
 
 A randomly initialised backbone is drawn from ``seed`` in a forked RNG, so the
 same seed rebuilds the very same backbone later (for resuming, or for
@@ -11,24 +11,10 @@ import os
 
 from torch import nn
 
-from lift_rt.backbones import ViTFeatures, build_backbone, get_spec
+from lift_rt.backbones import get_spec
 from lift_rt.checkpoint import load_lift, read_lift_state
 from lift_rt.model import LiFT
 from lift_rt.upsamplers import UPSAMPLERS, build_upsampler
-
-
-def build_frozen_backbone(
-    name: str,
-    *,
-    weights: str | os.PathLike | None = None,
-    random_init: bool = False,
-    facet: str | None = None,
-    layer: int | None = None,
-    seed: int = 0,
-) -> ViTFeatures:
-    """:func:`lift_rt.backbones.build_backbone` in eval mode without gradients; random weights drawn from ``seed``."""
-    backbone = build_backbone(name, weights=weights, random_init=random_init, facet=facet, layer=layer, seed=seed)
-    return backbone.requires_grad_(False).eval()
 
 
 def trainable_upsamplers() -> list[str]:
