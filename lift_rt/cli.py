@@ -53,9 +53,14 @@ def positive_int_list(text: str) -> list[int]:
     return values
 
 
-def add_feature_arguments(parser: argparse.ArgumentParser, *, upsamplers: str, resolutions: list[int]) -> None:
+SEED_HELP = "random weights' seed with --random-init (default: the LiFT checkpoint's training seed, else 0)"
+
+
+def add_feature_arguments(parser: argparse.ArgumentParser, *, upsamplers: str, resolutions: list[int],
+                          seed_help: str = SEED_HELP) -> None:
     """The flags every evaluation command shares for where its features come from
-    (:class:`lift_rt.eval.methods.FeatureSource`); ``upsamplers`` and ``resolutions`` are the command's defaults."""
+    (:class:`lift_rt.eval.methods.FeatureSource`), and --json; ``upsamplers`` and ``resolutions`` are the command's defaults,
+    ``seed_help`` says what else ``--seed`` draws in it."""
     from lift_rt.engine import PIPELINE_UPSAMPLERS
 
     add = parser.add_argument
@@ -73,6 +78,8 @@ def add_feature_arguments(parser: argparse.ArgumentParser, *, upsamplers: str, r
     add("--backend", default="torch", help="Engine backend for the features (default torch; auto picks the fastest)")
     add("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="feature precision (default fp32)")
     add("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add("--seed", type=int, default=None, help=seed_help)
+    add("--json", default=None, metavar="PATH", help="also write every score (each row, metric and resolution) and the settings as JSON")
 
 
 def plain_text(doc: str) -> str:

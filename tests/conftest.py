@@ -1,7 +1,16 @@
 """Shared fixtures. No test downloads anything (the Hugging Face cache points at an empty folder)
 and no test writes outside pytest's temporary folders (lift_rt's artifact cache included)."""
 
+import os
+
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # The Triton kernel tests (tests/kernel_utils.py) run under Triton's interpreter here. Triton reads the
+    # variable when it is first imported, and other imports bring it in early (torchvision's transforms load
+    # torch._dynamo, which imports triton): set it before any test module is imported.
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -133,11 +133,8 @@ def add_parser(subparsers) -> None:
     add_feature_arguments(p, upsamplers="none,bilinear,rc,jbu,lift", resolutions=[224])
     p.add_argument("--tau", type=positive_float, default=None,
                    help="graph threshold for every data set (default: 0.2 for VOC, 0.3 for COCO20K, as the authors)")
-    p.add_argument("--seed", type=int, default=None, help="random weights' seed with --random-init (default: the "
-                   "LiFT checkpoint's training seed, else 0)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--batch", type=positive_int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N images of each data set (default all)")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the scores and settings as JSON")
     p.add_argument("--save-boxes", default=None, metavar="PATH",
                    help="write every predicted box (S x S pixels), its best IoU and hit as JSON")
     p.set_defaults(func=run_cli)
@@ -165,7 +162,7 @@ def run_cli(args: argparse.Namespace) -> int:
         for name, images in datasets:
             label = DATASET_LABELS[name]
             for size in args.resolutions:
-                results = discover(images, backend, size, taus[name], batch_size=args.batch_size, device=source.device,
+                results = discover(images, backend, size, taus[name], batch_size=args.batch, device=source.device,
                                    progress=f"{row} {label} {size}")
                 scores[row].setdefault(label, {})[size] = corloc(results)
                 boxes += [{"upsampler": row, "dataset": label, "resolution": size, "image": r.name, "box": list(r.box),

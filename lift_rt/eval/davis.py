@@ -129,23 +129,21 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", default="val", help="sequence list ImageSets/2017/<split>.txt (default val)")
     p.add_argument("--sequences", default=None, help="comma-separated sequence names to evaluate (default: all of the split)")
     add_feature_arguments(p, upsamplers="lift", resolutions=[56, 112, 224, 448])
-    p.add_argument("--seed", type=int, default=None, help="random weights' seed with --random-init (default: the "
-                   "LiFT checkpoint's training seed, else 0)")
     p.add_argument("--batch", type=positive_int, default=8, help="frames per feature batch (default 8)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the scores and settings as JSON")
     p.add_argument("--save-masks", default=None, metavar="DIR",
                    help="write the predicted palette PNGs as DIR/<upsampler>/<S>/<sequence>/<frame>.png")
     p.set_defaults(func=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    source = FeatureSource.from_args(args)
-    upsamplers = source.check_rows(args.upsampler, args.resolutions)
-    spec, device = get_spec(source.backbone), source.device
+    """The ``davis`` command: print the table (bad inputs raise before any work; the dispatcher prints them)."""
     if args.json is not None:
         check_writable(args.json, "--json")
     if args.save_masks is not None:
         check_writable(args.save_masks, "--save-masks", folder=True)
+    source = FeatureSource.from_args(args)
+    upsamplers = source.check_rows(args.upsampler, args.resolutions)
+    spec, device = get_spec(source.backbone), source.device
     names = [s.strip() for s in args.sequences.split(",") if s.strip()] if args.sequences else None
     sequences = load_davis(args.data, split=args.split, sequences=names)
     settings = PropagationSettings()

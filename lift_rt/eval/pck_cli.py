@@ -67,7 +67,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("pck", help="keypoint-transfer PCK (supplemental Table 1 layout)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
-    add_feature_arguments(p, upsamplers="lift", resolutions=[56, 112, 224, 448])
+    add_feature_arguments(p, upsamplers="lift", resolutions=[56, 112, 224, 448],
+                          seed_help="draws the pairs (default 0) and, with --random-init, the random weights "
+                                    "(default: the LiFT checkpoint's training seed, else 0)")
     add("--protocol", default="authors", choices=tuple(PROTOCOLS),
         help="keypoint conventions: " + "; ".join(f"{name}: {text}" for name, text in PROTOCOLS.items())
              + " (default authors)")
@@ -79,8 +81,6 @@ def add_parser(subparsers) -> None:
         help="pairs per category drawn with replacement (numpy default_rng(--seed), categories in sorted order), or 'all': "
              f"every pair of the split once, SPair only (default: {DEFAULT_PAIRS['spair']} for SPair, "
              f"{DEFAULT_PAIRS['synthetic']} synthetic)")
-    add("--seed", type=int, default=None, help="draws the pairs (default 0) and, with --random-init, the random weights "
-        "(default: the LiFT checkpoint's training seed, else 0)")
     add("--iterations", type=int, default=1, help="LiFT applications for the lift row: 1 = 2x, 2 = 4x (default 1)")
     add("--matcher", default="auto", choices=("auto", "torch", "cpp"),
         help="nearest-neighbour search: cpp (lift_rt.matching), torch (the pure-PyTorch reference); auto = cpp")
@@ -89,8 +89,6 @@ def add_parser(subparsers) -> None:
     add("--mutual", action="store_true", help="count only mutual nearest neighbours")
     add("--soft-argmax", type=positive_float, default=None, metavar="T", help="soft-argmax with temperature T")
     add("--window", type=non_negative_int, default=None, help="soft-argmax window radius in pixels (default: one feature cell)")
-    add("--json", default=None, metavar="PATH",
-        help=f"also write every (upsampler, resolution, alpha) score, alphas {', '.join(map(str, ALPHAS))}, and the settings as JSON")
     p.set_defaults(func=run_cli)
 
 
