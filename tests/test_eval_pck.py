@@ -286,7 +286,7 @@ def test_cli_lift_without_weights_is_an_error(capsys):
     (["--device", "meta"], "an Engine runs on cpu, cuda or cuda:N"),
     (["--upsampler", ""], "--upsampler names no upsampler"),
     (["--upsampler", ","], "--upsampler names no upsampler"),
-    (["--resolutions", "24"], "image size 24 x 24 must be a multiple of 16"),
+    (["--resolutions", "24"], "--resolutions 24: dino_s16 has patch size 16: image size 24 x 24 must be a multiple of 16"),
 ])
 def test_cli_bad_arguments_give_a_message(capsys, args, message):
     code = eval_main(["pck", "--backbone", "dino_s16", "--random-init", "--resolutions", "32", "--upsampler", "none", *args])

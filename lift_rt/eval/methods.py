@@ -64,7 +64,10 @@ class FeatureSource:
             raise ValueError("--resolutions names no size; e.g. --resolutions 112,224")
         spec = get_spec(self.backbone)
         for size in resolutions:
-            check_resolution(spec, size, size)
+            try:
+                check_resolution(spec, size, size)
+            except ValueError as exc:  # the defaults suit patch 8: say which flag to change
+                raise ValueError(f"--resolutions {size}: {exc}") from None
         for name in names:
             if name not in PIPELINE_UPSAMPLERS:
                 raise ValueError(f"unknown upsampler {name!r}; choose one of {', '.join(PIPELINE_UPSAMPLERS)}")
