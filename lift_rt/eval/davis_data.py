@@ -11,16 +11,16 @@ opened, so an evaluation never stops half-way on a bad file.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from lift_rt.files import atomic_path
+
 VOID = 255
 RESOLUTION = "480p"
-
 
 @dataclass(frozen=True)
 class DavisSequence:
@@ -31,7 +31,6 @@ class DavisSequence:
     annotations: tuple[Path, ...]
     objects: int
     size: tuple[int, int]  # (height, width) of every frame
-
 
 def davis_palette() -> np.ndarray:
     """The DAVIS (PASCAL VOC) colour map, 256 x 3 uint8: id i gets the colour its bits spell out,
@@ -44,12 +43,10 @@ def davis_palette() -> np.ndarray:
             colours[:, channel] |= bit << (7 - shift)
     return colours.astype(np.uint8)
 
-
 def _check_palette(image: Image.Image, path: str | os.PathLike) -> None:
     if image.mode != "P":
         raise ValueError(f"{path} is a mode-{image.mode} image, not a palette PNG: DAVIS masks store object ids "
                          "as palette indices")
-
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
     """A palette PNG -> H x W uint8 object ids, void (255) as background."""
@@ -59,28 +56,17 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     labels[labels == VOID] = 0
     return labels
 
-
 def read_frame(path: str | os.PathLike, size: int) -> np.ndarray:
     """A frame resized to ``size x size`` (bicubic, as the authors) -> size x size x 3 uint8 RGB."""
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
 
-
 def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
     """H x W uint8 object ids -> a palette PNG with the DAVIS colours, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     image.putpalette(davis_palette().ravel().tolist())
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 def _image_size(path: Path) -> tuple[int, int]:
     try:
@@ -88,7 +74,6 @@ def _image_size(path: Path) -> tuple[int, int]:
             return image.height, image.width
     except OSError as exc:
         raise ValueError(f"{path} cannot be read as an image ({exc})") from None
-
 
 def read_sequence(root: str | os.PathLike, name: str) -> DavisSequence:
     """One sequence, checked: frames present, one palette annotation per frame (same stems and size)."""
@@ -119,7 +104,6 @@ def read_sequence(root: str | os.PathLike, name: str) -> DavisSequence:
     if objects == 0:
         raise ValueError(f"sequence {name!r}: the first frame's annotation {annotations[0]} holds no object")
     return DavisSequence(name, tuple(frames), tuple(annotations), objects, size)
-
 
 def load_davis(root: str | os.PathLike, *, split: str = "val", sequences: list[str] | None = None) -> list[DavisSequence]:
     """The sequences of ``ImageSets/2017/<split>.txt`` (or the named ``sequences`` among them), checked."""

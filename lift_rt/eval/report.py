@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from lift_rt.files import atomic_path
 
 # scores[row][metric][column] -> value; e.g. scores["lift"]["PCK@0.1"][224] = 43.9
 Scores = Mapping[str, Mapping[str, Mapping[Any, float]]]
@@ -55,16 +56,9 @@ def _plain(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` as indented JSON to ``path`` atomically (a temp file renamed into place)."""
+    """Write ``payload`` as indented JSON to ``path`` atomically (:func:`lift_rt.files.atomic_path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_plain(payload), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(_plain(payload), indent=2) + "\n"  # a payload that cannot be written fails before any file
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path

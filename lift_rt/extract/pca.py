@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-MAX_FIT_VECTORS = 200_000  # feature vectors (cells) the fit keeps, drawn evenly with a fixed seed
+from lift_rt.files import atomic_path
 
+MAX_FIT_VECTORS = 200_000  # feature vectors (cells) the fit keeps, drawn evenly with a fixed seed
 
 @dataclass(frozen=True)
 class ChannelPCA:
@@ -40,14 +40,9 @@ class ChannelPCA:
 
     def save(self, path: str | os.PathLike) -> None:
         """Atomically (temp file, then rename) as safetensors, the error in its metadata."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             save_file({"mean": self.mean.contiguous(), "components": self.components.contiguous()}, tmp,
                       metadata={"relative_error": repr(self.relative_error)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ChannelPCA:
@@ -57,7 +52,6 @@ class ChannelPCA:
             error = float(f.metadata()["relative_error"])
         tensors = load_file(str(path))
         return cls(tensors["mean"], tensors["components"], error)
-
 
 def fit_pca(feature_maps: list[torch.Tensor], k: int) -> ChannelPCA:
     """Top-``k`` principal directions of the channels of ``C x h x w`` maps (every cell one sample, at most

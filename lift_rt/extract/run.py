@@ -26,6 +26,7 @@ from lift_rt.extract.inputs import Decoded, ImageDecoder, Inputs, decode_in_work
 from lift_rt.extract.pca import ChannelPCA, fit_pca
 from lift_rt.extract.shards import ShardContent, ShardWriter, finished_records, read_record, record_path, remove_partial
 from lift_rt.extract.store import MANIFEST, PCA_FILE
+from lift_rt.files import atomic_path
 from lift_rt.preprocess import PRECISIONS
 from lift_rt.sizing import SizePolicy
 
@@ -182,9 +183,8 @@ def merge_index(out: Path, inputs: Inputs) -> dict[str, int]:
     images = dict(sorted(images.items(), key=lambda kv: order[kv[0]]))
     write_json(out / INDEX, {"images": images, "count": len(images), "skipped": len(skipped)})
     lines = "".join(f"{s['path']}\t{s['reason']}\n" for s in sorted(skipped, key=lambda s: s["index"]))
-    tmp = out / f".{SKIPPED}.tmp"
-    tmp.write_text(lines, encoding="utf-8")
-    os.replace(tmp, out / SKIPPED)
+    with atomic_path(out / SKIPPED) as tmp:
+        tmp.write_text(lines, encoding="utf-8")
     return {"images": len(images), "skipped": len(skipped), "bytes": sum(r["bytes"] for r in records),
             "shards": len(records), "missing": len(inputs.keys) - len(images) - len(skipped)}
 

@@ -8,7 +8,6 @@ first, so a process killed at any point leaves either a finished shard or one th
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from safetensors.torch import save_file
 
 from lift_rt.eval.report import write_json
 from lift_rt.extract.errors import ExtractError
+from lift_rt.files import atomic_path
 
 SHARDS_FOLDER = "shards"
 
@@ -71,12 +71,8 @@ def write_shard(out: Path, shard: ShardContent) -> int:
     """Write the features, then the record (each to a temporary name, then renamed); returns the features' bytes."""
     folder, stem = out / SHARDS_FOLDER, shard_stem(shard.number)
     target = folder / f"{stem}.safetensors"
-    tmp = folder / f".{stem}.{os.getpid()}.tmp"
-    try:
+    with atomic_path(target) as tmp:
         save_file(shard.tensors, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     size = target.stat().st_size
     record = {"shard": shard.number, "file": target.name, "bytes": size, "images": shard.entries, "skipped": shard.skipped}
     write_json(record_path(out, shard.number), record)
